@@ -1,0 +1,86 @@
+"""Command line: minisd "a prompt" -o out.png [options]  (also python -m minisd)."""
+
+import argparse
+import sys
+from pathlib import Path
+
+from PIL.PngImagePlugin import PngInfo
+
+from . import load
+from .schedulers import SCHEDULERS
+from .weights import WeightsError, default_model_folder
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="minisd", description="Generate an image from a text prompt.")
+    parser.add_argument("prompt", help="what to draw")
+    parser.add_argument("-o", "--output", default="minisd.png", help="PNG file to write (default: minisd.png)")
+    parser.add_argument("--negative", default="", help="negative prompt: what to steer away from")
+    parser.add_argument("--steps", type=int, default=50, help="denoising steps (default: 50)")
+    parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default: 7.5)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--size", type=parse_size, help="WxH in pixels, multiples of 8 (default: the model's)")
+    parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), help="sampler (default: the model's own)")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0 = deterministic)")
+    parser.add_argument("--weights", help="diffusers-layout model folder (see weights/README.md)")
+    parser.add_argument("--init-image", help="start from this image (img2img)")
+    parser.add_argument("--strength", type=float, default=0.8, help="img2img: how much to change (0, 1]")
+    parser.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
+    parser.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    parser.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
+    return parser.parse_args(argv)
+
+
+def parse_size(text):
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 512x512 (WxH), got {text!r}") from None
+    return width, height
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    output = Path(args.output)
+    try:
+        check_output(output, args.force)
+        pipe = load(args.weights or default_model_folder(), args.backend, args.dtype)
+        image = generate(pipe, args)
+    except (WeightsError, ValueError, FileNotFoundError, ImportError) as error:
+        print(f"minisd: error: {error}", file=sys.stderr)
+        return 2
+    image.save(output, pnginfo=png_text(args, pipe, image))
+    print(f"wrote {output}")
+    return 0
+
+
+def check_output(output, force):
+    if output.suffix.lower() != ".png":
+        raise ValueError(f"output {output} must end in .png (the image carries its parameters as PNG text)")
+    if output.exists() and not force:
+        raise ValueError(f"{output} already exists; choose another -o or pass --force to overwrite it")
+    if not output.parent.is_dir():
+        raise ValueError(f"folder {output.parent} does not exist; create it or choose another -o")
+
+
+def generate(pipe, args):
+    width, height = args.size or (None, None)
+    options = dict(negative_prompt=args.negative, steps=args.steps, guidance=args.guidance, seed=args.seed,
+                   height=height, width=width, scheduler=args.scheduler, eta=args.eta)  # fmt: skip
+    if args.init_image:
+        return pipe.img2img(args.prompt, args.init_image, strength=args.strength, **options)
+    return pipe(args.prompt, **options)
+
+
+def png_text(args, pipe, image):
+    """The generation parameters, stored in the PNG as text chunks."""
+    info = PngInfo()
+    scheduler = args.scheduler or pipe.scheduler_config.get("_class_name", "")
+    fields = {"prompt": args.prompt, "negative_prompt": args.negative, "seed": args.seed, "steps": args.steps,
+              "scheduler": scheduler, "guidance": args.guidance, "eta": args.eta, "size": f"{image.width}x{image.height}",
+              "model": pipe.name, "backend": f"{args.backend}/{args.dtype}", "software": "minisd"}  # fmt: skip
+    if args.init_image:
+        fields.update(init_image=Path(args.init_image).name, strength=args.strength)
+    for key, value in fields.items():
+        info.add_text(key, str(value))
+    return info

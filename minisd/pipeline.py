@@ -1,0 +1,235 @@
+"""Text to image (and image to image): the three components wired together.
+
+1. The text encoder turns the prompt (and the negative prompt) into 77 token vectors each.
+2. The image information creator starts from random latents and, step by step, asks the UNet
+   for the noise in them and lets the scheduler remove a little of it (`Pipeline.denoise`).
+3. The image decoder (the VAE) paints the final latents into pixels.
+
+Guidance runs the UNet twice per step, without and with the text, and pushes the prediction
+away from the unconditional one: ε = ε_uncond + s·(ε_text − ε_uncond).
+"""
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .backend import Backend
+from .schedulers import make_scheduler
+from .weights import check_model_folder, load_component, load_tokenizer, read_json
+
+
+@dataclass
+class Step:
+    """One denoising step, as the generator `Pipeline.denoise` yields it."""
+
+    index: int  # 0-based step number
+    count: int  # how many steps the loop makes
+    timestep: int  # the scheduler's t for this step (999 … 0)
+    latents: object  # the latents after this step, (1, 4, h, w) on the backend
+    noise_pred: object  # the guided noise prediction ε at this step, (1, 4, h, w)
+
+
+def load(path, backend="numpy", dtype="float32"):
+    """Load a Stable Diffusion model folder (diffusers layout) into a Pipeline."""
+    return Pipeline.from_folder(path, Backend(backend, dtype))
+
+
+def randn(generator, shape):
+    """Standard normal noise drawn on the CPU, so one seed gives one picture on every backend."""
+    return generator.standard_normal(shape, dtype=numpy.float32)
+
+
+class Pipeline:
+    def __init__(self, tokenizer, text_encoder, unet, vae, scheduler_config, backend, name="model"):
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+        self.unet = unet
+        self.vae = vae
+        self.scheduler_config = scheduler_config
+        self.backend = backend
+        self.name = name
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)  # 8 in SD
+
+    @classmethod
+    def from_folder(cls, path, backend):
+        check_model_folder(path)
+        folder = Path(path)
+        return cls(
+            tokenizer=load_tokenizer(folder),
+            text_encoder=load_component(folder, "text_encoder", backend),
+            unet=load_component(folder, "unet", backend),
+            vae=load_component(folder, "vae", backend),
+            scheduler_config=read_json(folder / "scheduler" / "scheduler_config.json"),
+            backend=backend,
+            name=folder.resolve().name,
+        )
+
+    @property
+    def default_size(self):
+        """The training resolution: the UNet's latent sample size times 8 (512 for SD 1.5)."""
+        return self.unet.config.sample_size * self.vae_scale_factor
+
+    # ------------------------------------------------------------ public API
+
+    def __call__(self, prompt, negative_prompt="", steps=50, guidance=7.5, seed=0, height=None,
+                 width=None, scheduler=None, eta=0.0, latents=None, progress=True):  # fmt: skip
+        """Text to image: returns a PIL image."""
+        loop = self.denoise(prompt, negative_prompt, steps, guidance, seed, height, width, scheduler, eta, latents)
+        return self.decode(self._run(loop, progress))
+
+    def img2img(self, prompt, image, strength=0.8, negative_prompt="", steps=50, guidance=7.5, seed=0,
+                height=None, width=None, scheduler=None, eta=0.0, progress=True):  # fmt: skip
+        """Image to image: noise `image` up to `strength` (0 < strength <= 1), then denoise."""
+        loop = self.denoise(prompt, negative_prompt, steps, guidance, seed, height, width, scheduler, eta,
+                          image=image, strength=strength)  # fmt: skip
+        return self.decode(self._run(loop, progress))
+
+    def denoise(self, prompt, negative_prompt="", steps=50, guidance=7.5, seed=0, height=None, width=None,
+              scheduler=None, eta=0.0, latents=None, image=None, strength=1.0):  # fmt: skip
+        """The denoising loop as a generator of `Step`s (what __call__ and img2img consume).
+
+        Text to image starts from pure noise (or the given `latents`); with `image`, it starts
+        from the image's latents noised up to `strength` and runs only that part of the schedule.
+        """
+        height, width = self._check_size(height, width, image)
+        _check_options(steps, eta, strength, image)
+        scheduler = make_scheduler(scheduler, self.scheduler_config)
+        scheduler.set_timesteps(steps)
+        generator = numpy.random.default_rng(seed)
+        context = self.encode_prompt(prompt, negative_prompt, guidance)
+        if image is None:
+            timesteps = scheduler.timesteps
+            latents = self._initial_latents(generator, latents, height, width) * scheduler.init_noise_sigma
+        else:
+            timesteps = _img2img_timesteps(scheduler.timesteps, steps, strength, scheduler.order)
+            latents = self._noised_image_latents(generator, image, height, width, scheduler, timesteps[0])
+        for index, t in enumerate(timesteps):
+            noise_pred = self.predict_noise(scheduler.scale_model_input(latents, t), t, context, guidance)
+            noise = self._noise_like(generator, latents) if eta > 0 else None
+            latents = scheduler.step(noise_pred, t, latents, eta=eta, noise=noise)
+            yield Step(index, len(timesteps), int(t), latents, noise_pred)
+
+    def encode_prompt(self, prompt, negative_prompt="", guidance=7.5):
+        """Prompt -> text embeddings (1, 77, D); with guidance > 1, [negative; prompt] (2, 77, D)."""
+        _warn_if_truncated(self.tokenizer, prompt)
+        texts = [negative_prompt, prompt] if guidance > 1 else [prompt]
+        ids = self.backend.asarray(self.tokenizer.encode(texts), dtype="int64")
+        return self.text_encoder(ids)
+
+    def predict_noise(self, latents, t, context, guidance):
+        """The UNet's noise estimate, with classifier-free guidance when the context has 2 rows."""
+        if context.shape[0] == 1:
+            return self.unet(latents, t, context)
+        xp = self.backend.xp
+        noise_uncond, noise_text = self.unet(xp.concatenate([latents, latents]), t, context)
+        return noise_uncond + guidance * (noise_text - noise_uncond)
+
+    def decode(self, latents):
+        """Latents (1, 4, h, w) -> PIL image, through the VAE decoder."""
+        images = self.vae.decode(latents / self.vae.config.scaling_factor)  # (1, 3, H, W) in [-1, 1]
+        return to_pil(self.backend.to_host(images))
+
+    def encode_image(self, image):
+        """PIL image -> posterior mean and log-variance of its latents (unscaled)."""
+        pixels = self.backend.asarray(from_pil(image))  # (1, 3, H, W) in [-1, 1]
+        return self.vae.encode(pixels)
+
+    # ------------------------------------------------------------ helpers
+
+    def _run(self, loop, progress):
+        step = None
+        with tqdm(loop, desc="denoising", unit="step", disable=not progress) as bar:
+            for step in bar:
+                if bar.total is None:
+                    bar.total = step.count
+                    bar.refresh()
+        return step.latents
+
+    def _check_size(self, height, width, image):
+        if image is not None and height is None and width is None:
+            image = _open_image(image)
+            width, height = (size - size % self.vae_scale_factor for size in image.size)
+        height = self.default_size if height is None else height
+        width = self.default_size if width is None else width
+        factor = self.vae_scale_factor
+        if height % factor or width % factor or height < factor or width < factor:
+            raise ValueError(
+                f"height and width must be positive multiples of {factor} (the VAE's downsampling), "
+                f"got {width}x{height}; try {max(factor, width // factor * factor)}x"
+                f"{max(factor, height // factor * factor)}"
+            )
+        return height, width
+
+    def _latent_shape(self, height, width):
+        factor = self.vae_scale_factor
+        return (1, self.unet.config.in_channels, height // factor, width // factor)
+
+    def _initial_latents(self, generator, latents, height, width):
+        shape = self._latent_shape(height, width)
+        if latents is None:
+            return self.backend.asarray(randn(generator, shape))
+        if tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape} for a {width}x{height} image, got {tuple(latents.shape)}")
+        return self.backend.asarray(self.backend.to_host(latents))
+
+    def _noised_image_latents(self, generator, image, height, width, scheduler, t_start):
+        image = _open_image(image).convert("RGB")
+        if image.size != (width, height):
+            image = image.resize((width, height), Image.LANCZOS)
+        mean, logvar = self.encode_image(image)
+        sample = mean + self.backend.xp.exp(0.5 * logvar) * self._noise_like(generator, mean)
+        latents = sample * self.vae.config.scaling_factor
+        return scheduler.add_noise(latents, self._noise_like(generator, latents), t_start)
+
+    def _noise_like(self, generator, array):
+        return self.backend.asarray(randn(generator, array.shape))
+
+
+def _check_options(steps, eta, strength, image):
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0 (0 is deterministic DDIM), got {eta}")
+    if image is not None and not 0 < strength <= 1:
+        raise ValueError(f"strength must be in (0, 1] (1 ignores the image entirely), got {strength}")
+    if image is not None and int(steps * strength) < 1:
+        raise ValueError(
+            f"strength {strength} with {steps} steps leaves no denoising step (int(steps*strength) = 0): "
+            "raise strength or steps"
+        )
+
+
+def _img2img_timesteps(timesteps, steps, strength, order):
+    """The tail of the schedule that starts at noise level `strength`, as diffusers cuts it."""
+    start = steps - min(int(steps * strength), steps)
+    return timesteps[start * order :]
+
+
+def _warn_if_truncated(tokenizer, prompt):
+    dropped = tokenizer.truncated_words(prompt)
+    if dropped:
+        warnings.warn(
+            f"The following part of your input was truncated because CLIP can only handle sequences "
+            f"up to {tokenizer.max_length} tokens: {dropped!r}",
+            stacklevel=4,
+        )
+
+
+def _open_image(image):
+    return Image.open(image) if isinstance(image, (str, Path)) else image
+
+
+def from_pil(image):
+    """PIL RGB image -> (1, 3, H, W) float32 in [-1, 1]."""
+    pixels = numpy.asarray(image.convert("RGB"), dtype=numpy.float32) / 255.0  # (H, W, 3)
+    return (pixels * 2 - 1).transpose(2, 0, 1)[None]
+
+
+def to_pil(images):
+    """(1, 3, H, W) in [-1, 1] -> PIL image, rounding as diffusers does."""
+    pixels = ((images[0] / 2 + 0.5).clip(0, 1) * 255).round().astype(numpy.uint8)
+    return Image.fromarray(pixels.transpose(1, 2, 0))  # (H, W, 3)

@@ -1,0 +1,207 @@
+"""CLIP's tokenizer: a prompt becomes 77 integer token ids.
+
+The article's first step: before the text encoder can read "a photo of a cat", the words are cut
+into sub-word pieces from a fixed vocabulary of 49,408 entries, by byte-pair encoding (BPE):
+
+    text -> clean -> split into words -> bytes as printable chars -> BPE merges -> ids
+
+The reference is transformers' CLIPTokenizer (what diffusers feeds the model), matched id for id.
+Three libraries carry their own Unicode tables (Python's str, the `regex` package, and the Rust
+`tokenizers` behind transformers); they agree on every code point Python knows (Unicode 14 on
+Python 3.11), and may split or lowercase differently only characters assigned after that.
+"""
+
+import gzip
+import json
+import unicodedata
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import regex
+
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+END_OF_WORD = "</w>"
+
+# \x85, NBSP, \u2028, \u3000 are whitespace; \x1c-\x1f (unlike str.split), \u200b, \ufeff aren't.
+WHITESPACE = regex.compile(r"\s+")
+# A word is a run of letters, one digit, a run of other symbols, or an English contraction.
+WORD = regex.compile(
+    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d"""
+    r"""|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+)
+# transformers' byte-level step then re-splits each word with GPT-2's pattern (its whitespace
+# parts never fire here). That only changes the look-alike "<|endoftext|>" a lowercased
+# "<|ENDOFTEXT|>" leaves behind: it becomes '<|', 'endoftext', '|>'.
+GPT2_WORD = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}+|[^\s\p{L}\p{N}]+""")
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """A printable character for each of the 256 byte values.
+
+    Printable bytes stand for themselves ('a' -> 'a'); the other 68 (space, control bytes, ...)
+    are shifted to code points 256 and up (space -> 'Ġ'), so every BPE piece is visible text.
+    The order matters: the vocabulary starts with these 256 characters in this order ('!' = 0).
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    table = {b: chr(b) for b in printable}
+    shifted = [b for b in range(256) if b not in table]
+    for n, b in enumerate(shifted):
+        table[b] = chr(256 + n)
+    return table
+
+
+BYTE_TO_CHAR = bytes_to_unicode()
+CHAR_TO_BYTE = {c: b for b, c in BYTE_TO_CHAR.items()}
+
+
+def clean(text: str) -> str:
+    """Unicode NFC, every whitespace run to one space, lowercase: transformers' normalizer.
+
+    The whitespace step changes no ids (the word split drops whitespace anyway); it mirrors the
+    reference. Lowercasing goes char by char: a word-final 'Σ' becomes 'σ' (str.lower() gives 'ς').
+    """
+    text = unicodedata.normalize("NFC", text)
+    text = WHITESPACE.sub(" ", text)
+    return "".join(c.lower() for c in text)
+
+
+class CLIPTokenizer:
+    max_length = 77  # BOS + 75 tokens + EOS
+
+    def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], pad_id: int):
+        self.vocab = vocab
+        self.merges = merges
+        self.pad_id = pad_id
+        self.id_to_token = {i: t for t, i in vocab.items()}
+        self.ranks = {pair: rank for rank, pair in enumerate(merges)}  # lower rank merges first
+        self.bos_id, self.eos_id = vocab[BOS], vocab[EOS]
+        self.cache: dict[str, list[str]] = {}
+        # Special tokens written verbatim in a prompt are cut out before any cleaning, so they are
+        # case-sensitive ("<|ENDOFTEXT|>" is plain text). A pad token counts too: with SD 2.x's
+        # "!", every "!" in a prompt becomes id 0 instead of the word "!</w>".
+        self.special = {BOS, EOS, self.id_to_token[pad_id]}
+        longest_first = sorted(self.special, key=len, reverse=True)
+        self.special_split = regex.compile("(" + "|".join(map(regex.escape, longest_first)) + ")")
+
+    # ---- building: from a model folder, or from OpenAI's shipped vocabulary ----
+
+    @classmethod
+    def default(cls) -> "CLIPTokenizer":
+        """OpenAI CLIP's vocabulary (packaged with minisd), padding with EOS like SD 1.x."""
+        source = resources.files("minisd") / "data" / "bpe_simple_vocab_16e6.txt.gz"
+        lines = gzip.decompress(source.read_bytes()).decode("utf-8").split("\n")
+        merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]  # skip header
+        symbols = list(BYTE_TO_CHAR.values())
+        ends = [s + END_OF_WORD for s in symbols]
+        words = symbols + ends + ["".join(m) for m in merges] + [BOS, EOS]
+        vocab = {w: i for i, w in enumerate(words)}
+        return cls(vocab, merges, pad_id=vocab[EOS])
+
+    @classmethod
+    def from_folder(cls, path) -> "CLIPTokenizer":
+        """Read a diffusers `tokenizer/` folder: vocab.json + merges.txt, or tokenizer.json."""
+        folder = Path(path)
+        if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+            vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+            lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
+            merges = [line.split() for line in lines if line and not line.startswith("#version")]
+        elif (folder / "tokenizer.json").is_file():
+            model = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+            vocab = model["vocab"]
+            merges = [m.split() if isinstance(m, str) else m for m in model["merges"]]
+        else:
+            raise FileNotFoundError(
+                f"No tokenizer in {folder}: expected vocab.json + merges.txt, or tokenizer.json. "
+                "Point at the model's tokenizer/ folder."
+            )
+        pad = read_pad_token(folder)
+        if pad not in vocab:
+            raise ValueError(f"pad_token {pad!r} from {folder} is not in the vocabulary")
+        return cls(vocab, [tuple(m) for m in merges], pad_id=vocab[pad])
+
+    def save(self, folder) -> None:
+        """Write vocab.json + merges.txt, the layout transformers and diffusers read."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        vocab = json.dumps(self.vocab, ensure_ascii=False)
+        merges = "".join(f"{a} {b}\n" for a, b in self.merges)
+        (folder / "vocab.json").write_text(vocab, encoding="utf-8")
+        (folder / "merges.txt").write_text("#version: 0.2\n" + merges, encoding="utf-8")
+
+    # ---- text -> pieces -> ids ----
+
+    def bpe(self, word: str) -> list[str]:
+        """Merge the characters of one word, lowest-ranked pair first, until no merge applies."""
+        if word in self.cache:
+            return self.cache[word]
+        symbols = [*word[:-1], word[-1] + END_OF_WORD]  # 'cat' -> ['c', 'a', 't</w>']
+        while len(symbols) > 1:
+            pairs = zip(symbols, symbols[1:])
+            best = min(pairs, key=lambda pair: self.ranks.get(pair, len(self.ranks)))
+            if best not in self.ranks:
+                break
+            symbols = merge_pair(symbols, best)
+        self.cache[word] = symbols
+        return symbols
+
+    def tokenize(self, text: str) -> list[str]:
+        """Text -> BPE pieces, e.g. 'A cat!' -> ['a</w>', 'cat</w>', '!</w>']."""
+        pieces = []
+        for part in self.special_split.split(text):
+            if part in self.special:
+                pieces.append(part)
+                continue
+            words = [w for word in WORD.findall(clean(part)) for w in GPT2_WORD.findall(word)]
+            for word in words:
+                pieces += self.bpe("".join(BYTE_TO_CHAR[b] for b in word.encode("utf-8")))
+        return pieces
+
+    def token_ids(self, text: str) -> list[int]:
+        """Text -> ids, without BOS/EOS, padding or truncation."""
+        return [self.vocab[piece] for piece in self.tokenize(text)]
+
+    def encode(self, texts: list[str] | str) -> np.ndarray:
+        """Prompts -> (B, 77) int64 ids: BOS, the first 75 tokens, EOS, then pad_id."""
+        if isinstance(texts, str):
+            texts = [texts]
+        ids = np.full((len(texts), self.max_length), self.pad_id, dtype=np.int64)
+        for row, text in zip(ids, texts):
+            tokens = [self.bos_id, *self.token_ids(text)[: self.max_length - 2], self.eos_id]
+            row[: len(tokens)] = tokens
+        return ids
+
+    def truncated_words(self, text: str) -> str | None:
+        """The part of `text` cut off by `encode` (to warn about it), or None if it all fits."""
+        dropped = self.token_ids(text)[self.max_length - 2 :]
+        return self.decode(dropped) if dropped else None
+
+    def decode(self, ids) -> str:
+        """Ids -> text: undo the byte mapping, each `</w>` becomes a space."""
+        chars = "".join(self.id_to_token[int(i)] for i in ids)
+        text = bytes(CHAR_TO_BYTE[c] for c in chars).decode("utf-8", errors="replace")
+        return text.replace(END_OF_WORD, " ").strip()
+
+
+def merge_pair(symbols: list[str], pair: tuple[str, str]) -> list[str]:
+    """Replace every occurrence of `pair`, left to right, by the joined symbol."""
+    merged, i = [], 0
+    while i < len(symbols):
+        if tuple(symbols[i : i + 2]) == pair:
+            merged.append(symbols[i] + symbols[i + 1])
+            i += 2
+        else:
+            merged.append(symbols[i])
+            i += 1
+    return merged
+
+
+def read_pad_token(folder: Path) -> str:
+    """The pad token named by the folder's config (special_tokens_map.json wins), else EOS."""
+    pad = EOS
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        file = folder / name
+        if file.is_file():
+            pad = json.loads(file.read_text(encoding="utf-8")).get("pad_token") or pad
+    return pad["content"] if isinstance(pad, dict) else pad

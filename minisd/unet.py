@@ -1,0 +1,346 @@
+"""The noise predictor: a UNet that sees noisy latents, the timestep and the text.
+
+Down blocks shrink the latent image while widening the channels, a middle block works at the
+smallest size, up blocks grow it back, each taking the matching down-block output through a
+skip connection. ResNet blocks carry the timestep; spatial transformers let every latent pixel
+attend to the other pixels (self-attention) and to the prompt's tokens (cross-attention).
+Everything about the shape comes from unet/config.json (UNet2DConditionModel).
+"""
+
+import math
+from dataclasses import dataclass
+
+from .backend import array_module
+from .blocks import Attention, Downsample2D, ResnetBlock2D, Upsample2D
+from .nn import Config, Conv2d, GroupNorm, LayerNorm, Linear, Module, gelu, silu
+
+
+@dataclass
+class UNetConfig(Config):
+    sample_size: int = 64
+    in_channels: int = 4
+    out_channels: int = 4
+    down_block_types: tuple = ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
+    mid_block_type: str = "UNetMidBlock2DCrossAttn"
+    up_block_types: tuple = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
+    block_out_channels: tuple = (320, 640, 1280, 1280)
+    layers_per_block: int = 2
+    transformer_layers_per_block: int | tuple = 1
+    downsample_padding: int = 1
+    act_fn: str = "silu"
+    norm_num_groups: int = 32
+    norm_eps: float = 1e-5
+    cross_attention_dim: int = 768
+    # diffusers' historical naming: in SD configs `attention_head_dim` is the number of heads
+    # (SD1: 8 everywhere); `num_attention_heads`, when set, takes precedence.
+    attention_head_dim: int | tuple = 8
+    num_attention_heads: int | tuple | None = None
+    use_linear_projection: bool = False
+    flip_sin_to_cos: bool = True
+    freq_shift: int = 0
+    # Options of UNet2DConditionModel that SD 1.x/2.x leave at these values; minisd implements
+    # only these and refuses a config that changes them (see `check_supported`).
+    center_input_sample: bool = False
+    mid_block_scale_factor: float = 1.0
+    only_cross_attention: bool = False
+    dual_cross_attention: bool = False
+    class_embed_type: str | None = None
+    addition_embed_type: str | None = None
+    time_cond_proj_dim: int | None = None
+    time_embedding_type: str = "positional"
+    resnet_time_scale_shift: str = "default"
+    conv_in_kernel: int = 3
+    conv_out_kernel: int = 3
+    attention_type: str = "default"
+    encoder_hid_dim: int | None = None
+    num_class_embeds: int | None = None
+
+    def per_block(self, value):
+        """A per-down-block list from a value a config may give once or per block."""
+        count = len(self.down_block_types)
+        return list(value) if isinstance(value, (list, tuple)) else [value] * count
+
+    @property
+    def heads(self):
+        return self.per_block(self.num_attention_heads or self.attention_head_dim)
+
+
+SUPPORTED_BLOCKS = {"CrossAttnDownBlock2D", "DownBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"}
+
+
+def check_supported(config: UNetConfig):
+    """Raise if the config asks for a UNet feature that SD 1.x/2.x do not use."""
+    defaults = UNetConfig()
+    fixed = ["center_input_sample", "mid_block_scale_factor", "only_cross_attention",
+             "dual_cross_attention", "class_embed_type", "addition_embed_type",
+             "time_cond_proj_dim", "time_embedding_type", "resnet_time_scale_shift",
+             "conv_in_kernel", "conv_out_kernel", "attention_type", "mid_block_type",
+             "act_fn", "encoder_hid_dim", "num_class_embeds"]  # fmt: skip
+    changed = [f"{key}={getattr(config, key)!r}" for key in fixed
+               if getattr(config, key) != getattr(defaults, key)]  # fmt: skip
+    blocks = set(config.down_block_types) | set(config.up_block_types)
+    changed += [f"block type {name!r}" for name in sorted(blocks - SUPPORTED_BLOCKS)]
+    if changed:
+        raise ValueError(
+            "unet/config.json asks for UNet features minisd does not implement "
+            f"(it covers Stable Diffusion 1.x and 2.x): {', '.join(changed)}"
+        )
+
+
+class UNet2DConditionModel(Module):
+    """(noisy latents (B, 4, h, w), timestep, text (B, 77, D)) -> predicted noise (B, 4, h, w)"""
+
+    def __init__(self, config: UNetConfig):
+        check_supported(config)
+        self.config = config
+        channels = config.block_out_channels
+        temb_dim = 4 * channels[0]
+        self.time_embedding = TimestepEmbedding(channels[0], temb_dim)
+        self.conv_in = Conv2d(config.in_channels, channels[0], 3, padding=1)
+        self.down_blocks = make_down_blocks(config, temb_dim)
+        self.mid_block = UNetMidBlock2DCrossAttn(config, temb_dim)
+        self.up_blocks = make_up_blocks(config, temb_dim)
+        self.conv_norm_out = GroupNorm(config.norm_num_groups, channels[0], config.norm_eps)
+        self.conv_out = Conv2d(channels[0], config.out_channels, 3, padding=1)
+
+    def __call__(self, sample, timestep, encoder_hidden_states):
+        xp = array_module(sample)
+        timesteps = xp.broadcast_to(xp.asarray(timestep), (sample.shape[0],))
+        t_emb = timestep_embedding(timesteps, self.config.block_out_channels[0],
+                                   self.config.flip_sin_to_cos, self.config.freq_shift)  # fmt: skip
+        emb = self.time_embedding(t_emb.astype(sample.dtype))  # (B, 4·C0)
+
+        x = self.conv_in(sample)  # (B, C0, h, w)
+        skips = [x]
+        for block in self.down_blocks:
+            x, outputs = block(x, emb, encoder_hidden_states)
+            skips += outputs
+        x = self.mid_block(x, emb, encoder_hidden_states)
+        for block in self.up_blocks:
+            block_skips, skips = skips[-len(block.resnets):], skips[: -len(block.resnets)]
+            upsample_size = skips[-1].shape[2:] if skips else None
+            x = block(x, block_skips, emb, encoder_hidden_states, upsample_size)
+        return self.conv_out(silu(self.conv_norm_out(x)))  # (B, 4, h, w)
+
+
+def timestep_embedding(timesteps, dim, flip_sin_to_cos=True, freq_shift=0):
+    """Sinusoidal embedding of the timestep: (B,) -> (B, dim).
+
+    Frequencies fall geometrically from 1 to 1/10000: f_i = exp(-ln(10000)·i / (dim/2 - shift)).
+    SD puts the cosines first (flip_sin_to_cos).
+    """
+    xp = array_module(timesteps)
+    half = dim // 2
+    exponent = xp.float32(-math.log(10000)) * xp.arange(half, dtype="float32")
+    frequencies = xp.exp(exponent / xp.float32(half - freq_shift))
+    angles = timesteps.astype("float32")[:, None] * frequencies[None, :]  # (B, half)
+    sin, cos = xp.sin(angles), xp.cos(angles)
+    return xp.concatenate([cos, sin] if flip_sin_to_cos else [sin, cos], axis=-1)
+
+
+class TimestepEmbedding(Module):
+    """Linear → SiLU → Linear on the sinusoidal embedding."""
+
+    def __init__(self, in_dim, out_dim):
+        self.linear_1 = Linear(in_dim, out_dim)
+        self.linear_2 = Linear(out_dim, out_dim)
+
+    def __call__(self, x):
+        return self.linear_2(silu(self.linear_1(x)))
+
+
+# ---------------------------------------------------------------- spatial transformer
+
+
+class Transformer2DModel(Module):
+    """Attention over the pixels of a feature map: norm, project in, transformer blocks, out.
+
+    SD1 projects with 1×1 convs before flattening; SD2 (use_linear_projection) flattens first
+    and projects with Linear layers. The result is added back to the input.
+    """
+
+    def __init__(self, channels, heads, context_dim, depth, config):
+        head_dim = channels // heads
+        inner = heads * head_dim
+        self.use_linear_projection = config.use_linear_projection
+        self.norm = GroupNorm(config.norm_num_groups, channels, eps=1e-6)
+        if self.use_linear_projection:
+            self.proj_in = Linear(channels, inner)
+        else:
+            self.proj_in = Conv2d(channels, inner, 1)
+        self.transformer_blocks = [
+            BasicTransformerBlock(inner, heads, head_dim, context_dim) for _ in range(depth)
+        ]
+        if self.use_linear_projection:
+            self.proj_out = Linear(inner, channels)
+        else:
+            self.proj_out = Conv2d(inner, channels, 1)
+
+    def __call__(self, x, context):
+        batch, channels, height, width = x.shape
+        h = self.norm(x)
+        if not self.use_linear_projection:
+            h = self.proj_in(h)
+        h = h.transpose(0, 2, 3, 1).reshape(batch, height * width, -1)  # (B, h·w, C): pixels as tokens
+        if self.use_linear_projection:
+            h = self.proj_in(h)
+        for block in self.transformer_blocks:
+            h = block(h, context)
+        if self.use_linear_projection:
+            h = self.proj_out(h)
+        h = h.reshape(batch, height, width, -1).transpose(0, 3, 1, 2)  # (B, C, h, w)
+        if not self.use_linear_projection:
+            h = self.proj_out(h)
+        return h + x
+
+
+class BasicTransformerBlock(Module):
+    """LayerNorm → self-attention, LayerNorm → cross-attention on the text, LayerNorm → GEGLU MLP."""
+
+    def __init__(self, dim, heads, head_dim, context_dim):
+        self.norm1 = LayerNorm(dim)
+        self.attn1 = Attention(dim, heads, head_dim)
+        self.norm2 = LayerNorm(dim)
+        self.attn2 = Attention(dim, heads, head_dim, context_dim)
+        self.norm3 = LayerNorm(dim)
+        self.ff = FeedForward(dim)
+
+    def __call__(self, x, context):  # (B, T, dim) -> (B, T, dim)
+        x = x + self.attn1(self.norm1(x))
+        x = x + self.attn2(self.norm2(x), context)
+        return x + self.ff(self.norm3(x))
+
+
+class FeedForward(Module):
+    """GEGLU MLP: dim -> 2·4·dim, x · GELU(gate), -> dim. Keys ff.net.0.proj and ff.net.2
+    (ff.net.1 is training-time dropout: no weights)."""
+
+    def __init__(self, dim, mult=4):
+        self.net = {0: GEGLU(dim, mult * dim), 2: Linear(mult * dim, dim)}
+
+    def __call__(self, x):
+        return self.net[2](self.net[0](x))
+
+
+class GEGLU(Module):
+    def __init__(self, dim, inner):
+        self.proj = Linear(dim, 2 * inner)
+
+    def __call__(self, x):
+        projected = self.proj(x)  # (B, T, 2·inner)
+        half = projected.shape[-1] // 2
+        hidden, gate = projected[..., :half], projected[..., half:]
+        return hidden * gelu(gate)
+
+
+# ---------------------------------------------------------------- down, mid and up blocks
+
+
+class DownBlock2D(Module):
+    """ResNet blocks (each optionally followed by a spatial transformer), then a downsample.
+
+    Returns the output and every intermediate feature map: the up path's skip connections.
+    """
+
+    def __init__(self, in_channels, out_channels, temb_dim, config, index, cross_attention):
+        groups, eps = config.norm_num_groups, config.norm_eps
+        layers = config.layers_per_block
+        self.resnets = [
+            ResnetBlock2D(in_channels if i == 0 else out_channels, out_channels, temb_dim, groups, eps)
+            for i in range(layers)
+        ]
+        if cross_attention:
+            heads = config.heads[index]
+            context = config.per_block(config.cross_attention_dim)[index]
+            depth = config.per_block(config.transformer_layers_per_block)[index]
+            self.attentions = [
+                Transformer2DModel(out_channels, heads, context, depth, config) for _ in range(layers)
+            ]
+        if index < len(config.down_block_types) - 1:
+            self.downsamplers = [Downsample2D(out_channels, config.downsample_padding)]
+
+    def __call__(self, x, temb, context):
+        outputs = []
+        for i, resnet in enumerate(self.resnets):
+            x = resnet(x, temb)
+            if hasattr(self, "attentions"):
+                x = self.attentions[i](x, context)
+            outputs.append(x)
+        if hasattr(self, "downsamplers"):
+            x = self.downsamplers[0](x)  # (B, C, h/2, w/2)
+            outputs.append(x)
+        return x, outputs
+
+
+class UpBlock2D(Module):
+    """ResNet blocks on [x, skip] concatenated along channels (with optional transformers),
+    then an upsample to the size of the next skip connection."""
+
+    def __init__(self, in_channels, prev_channels, out_channels, temb_dim, config, index, cross_attention):
+        groups, eps = config.norm_num_groups, config.norm_eps
+        layers = config.layers_per_block + 1
+        self.resnets = []
+        for i in range(layers):
+            skip_channels = in_channels if i == layers - 1 else out_channels
+            resnet_in = prev_channels if i == 0 else out_channels
+            self.resnets.append(ResnetBlock2D(resnet_in + skip_channels, out_channels, temb_dim, groups, eps))
+        if cross_attention:
+            down_index = len(config.down_block_types) - 1 - index
+            heads = config.heads[down_index]
+            context = config.per_block(config.cross_attention_dim)[down_index]
+            depth = config.per_block(config.transformer_layers_per_block)[down_index]
+            self.attentions = [
+                Transformer2DModel(out_channels, heads, context, depth, config) for _ in range(layers)
+            ]
+        if index < len(config.up_block_types) - 1:
+            self.upsamplers = [Upsample2D(out_channels)]
+
+    def __call__(self, x, skips, temb, context, upsample_size=None):
+        xp = array_module(x)
+        for i, resnet in enumerate(self.resnets):
+            x = xp.concatenate([x, skips.pop()], axis=1)  # (B, C + C_skip, h, w)
+            x = resnet(x, temb)
+            if hasattr(self, "attentions"):
+                x = self.attentions[i](x, context)
+        if hasattr(self, "upsamplers"):
+            x = self.upsamplers[0](x, upsample_size)  # (B, C, 2h, 2w)
+        return x
+
+
+class UNetMidBlock2DCrossAttn(Module):
+    """ResNet → spatial transformer → ResNet at the smallest resolution."""
+
+    def __init__(self, config, temb_dim):
+        channels = config.block_out_channels[-1]
+        groups, eps = config.norm_num_groups, config.norm_eps
+        context = config.per_block(config.cross_attention_dim)[-1]
+        depth = config.per_block(config.transformer_layers_per_block)[-1]
+        self.attentions = [Transformer2DModel(channels, config.heads[-1], context, depth, config)]
+        self.resnets = [ResnetBlock2D(channels, channels, temb_dim, groups, eps) for _ in range(2)]
+
+    def __call__(self, x, temb, context):
+        x = self.resnets[0](x, temb)
+        x = self.attentions[0](x, context)
+        return self.resnets[1](x, temb)
+
+
+def make_down_blocks(config, temb_dim):
+    blocks, out_channels = [], config.block_out_channels[0]
+    for index, block_type in enumerate(config.down_block_types):
+        in_channels, out_channels = out_channels, config.block_out_channels[index]
+        cross_attention = block_type.startswith("CrossAttn")
+        blocks.append(DownBlock2D(in_channels, out_channels, temb_dim, config, index, cross_attention))
+    return blocks
+
+
+def make_up_blocks(config, temb_dim):
+    reversed_channels = list(reversed(config.block_out_channels))
+    blocks, out_channels = [], reversed_channels[0]
+    for index, block_type in enumerate(config.up_block_types):
+        prev_channels, out_channels = out_channels, reversed_channels[index]
+        in_channels = reversed_channels[min(index + 1, len(reversed_channels) - 1)]
+        cross_attention = block_type.startswith("CrossAttn")
+        blocks.append(
+            UpBlock2D(in_channels, prev_channels, out_channels, temb_dim, config, index, cross_attention)
+        )
+    return blocks

@@ -1,0 +1,150 @@
+"""The autoencoder (AutoencoderKL): pixels <-> latents, 8× smaller in height and width.
+
+The encoder compresses a (3, H, W) image into a (4, H/8, W/8) latent (a mean and a log-variance:
+a diagonal Gaussian); the decoder paints the image back from a latent. Diffusion runs in the
+latent space, where it is 48× cheaper. Every GroupNorm here uses eps 1e-6.
+"""
+
+from dataclasses import dataclass
+
+from .blocks import Downsample2D, ResnetBlock2D, SpatialSelfAttention, Upsample2D
+from .nn import Config, Conv2d, GroupNorm, Module, silu
+
+EPS = 1e-6
+
+
+@dataclass
+class VAEConfig(Config):
+    in_channels: int = 3
+    out_channels: int = 3
+    down_block_types: tuple = ("DownEncoderBlock2D",) * 4
+    up_block_types: tuple = ("UpDecoderBlock2D",) * 4
+    block_out_channels: tuple = (128, 256, 512, 512)
+    layers_per_block: int = 2
+    act_fn: str = "silu"
+    latent_channels: int = 4
+    norm_num_groups: int = 32
+    sample_size: int = 512
+    scaling_factor: float = 0.18215
+    use_quant_conv: bool = True
+    use_post_quant_conv: bool = True
+    mid_block_add_attention: bool = True
+
+
+class AutoencoderKL(Module):
+    def __init__(self, config: VAEConfig):
+        if config.act_fn != "silu":
+            raise ValueError(f"vae/config.json: act_fn {config.act_fn!r} is not supported (SD uses 'silu')")
+        self.config = config
+        latent = config.latent_channels
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        if config.use_quant_conv:
+            self.quant_conv = Conv2d(2 * latent, 2 * latent, 1)
+        if config.use_post_quant_conv:
+            self.post_quant_conv = Conv2d(latent, latent, 1)
+
+    def encode(self, images):
+        """(B, 3, H, W) in [-1, 1] -> posterior mean and log-variance, each (B, 4, H/8, W/8)."""
+        moments = self.encoder(images)
+        if self.config.use_quant_conv:
+            moments = self.quant_conv(moments)
+        latent = self.config.latent_channels
+        mean, logvar = moments[:, :latent], moments[:, latent:]
+        return mean, logvar.clip(-30.0, 20.0)
+
+    def decode(self, latents):
+        """(B, 4, h, w) unscaled latents -> (B, 3, 8h, 8w) images, roughly in [-1, 1]."""
+        if self.config.use_post_quant_conv:
+            latents = self.post_quant_conv(latents)
+        return self.decoder(latents)
+
+
+class Encoder(Module):
+    def __init__(self, config):
+        channels, groups = config.block_out_channels, config.norm_num_groups
+        self.conv_in = Conv2d(config.in_channels, channels[0], 3, padding=1)
+        self.down_blocks = [
+            DownEncoderBlock2D(channels[max(i - 1, 0)], channels[i], config, last=i == len(channels) - 1)
+            for i in range(len(channels))
+        ]
+        self.mid_block = UNetMidBlock2D(channels[-1], config)
+        self.conv_norm_out = GroupNorm(groups, channels[-1], EPS)
+        self.conv_out = Conv2d(channels[-1], 2 * config.latent_channels, 3, padding=1)
+
+    def __call__(self, x):  # (B, 3, H, W) -> (B, 2·4, H/8, W/8)
+        x = self.conv_in(x)
+        for block in self.down_blocks:
+            x = block(x)
+        x = self.mid_block(x)
+        return self.conv_out(silu(self.conv_norm_out(x)))
+
+
+class Decoder(Module):
+    def __init__(self, config):
+        channels, groups = list(reversed(config.block_out_channels)), config.norm_num_groups
+        self.conv_in = Conv2d(config.latent_channels, channels[0], 3, padding=1)
+        self.mid_block = UNetMidBlock2D(channels[0], config)
+        self.up_blocks = [
+            UpDecoderBlock2D(channels[max(i - 1, 0)], channels[i], config, last=i == len(channels) - 1)
+            for i in range(len(channels))
+        ]
+        self.conv_norm_out = GroupNorm(groups, channels[-1], EPS)
+        self.conv_out = Conv2d(channels[-1], config.out_channels, 3, padding=1)
+
+    def __call__(self, z):  # (B, 4, h, w) -> (B, 3, 8h, 8w)
+        x = self.conv_in(z)
+        x = self.mid_block(x)
+        for block in self.up_blocks:
+            x = block(x)
+        return self.conv_out(silu(self.conv_norm_out(x)))
+
+
+class DownEncoderBlock2D(Module):
+    def __init__(self, in_channels, out_channels, config, last):
+        self.resnets = [
+            ResnetBlock2D(in_channels if i == 0 else out_channels, out_channels, None, config.norm_num_groups, EPS)
+            for i in range(config.layers_per_block)
+        ]
+        if not last:
+            self.downsamplers = [Downsample2D(out_channels, padding=0)]
+
+    def __call__(self, x):
+        for resnet in self.resnets:
+            x = resnet(x)
+        if hasattr(self, "downsamplers"):
+            x = self.downsamplers[0](x)  # (B, C, H/2, W/2)
+        return x
+
+
+class UpDecoderBlock2D(Module):
+    def __init__(self, in_channels, out_channels, config, last):
+        self.resnets = [
+            ResnetBlock2D(in_channels if i == 0 else out_channels, out_channels, None, config.norm_num_groups, EPS)
+            for i in range(config.layers_per_block + 1)
+        ]
+        if not last:
+            self.upsamplers = [Upsample2D(out_channels)]
+
+    def __call__(self, x):
+        for resnet in self.resnets:
+            x = resnet(x)
+        if hasattr(self, "upsamplers"):
+            x = self.upsamplers[0](x)  # (B, C, 2H, 2W)
+        return x
+
+
+class UNetMidBlock2D(Module):
+    """ResNet → single-head self-attention over all pixels → ResNet."""
+
+    def __init__(self, channels, config):
+        groups = config.norm_num_groups
+        if config.mid_block_add_attention:
+            self.attentions = [SpatialSelfAttention(channels, groups, EPS)]
+        self.resnets = [ResnetBlock2D(channels, channels, None, groups, EPS) for _ in range(2)]
+
+    def __call__(self, x):
+        x = self.resnets[0](x)
+        if hasattr(self, "attentions"):
+            x = self.attentions[0](x)
+        return self.resnets[1](x)

@@ -1,0 +1,205 @@
+"""Reading checkpoints: safetensors files, the diffusers folder layout, strict key checks.
+
+A component's parameter slots are named after the checkpoint keys (nn.Module.named_slots), so
+loading is one generic walk: every key the model declares must be in the file with the right
+shape, and every key in the file must be one the model declares. All mismatches are reported
+together, by name. Files are memory-mapped: a float32 weight used by the NumPy backend is read
+from the page cache, never copied.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import numpy
+
+from .clip import CLIPTextConfig, CLIPTextModel
+from .tokenizer import CLIPTokenizer
+from .unet import UNet2DConditionModel, UNetConfig
+from .vae import AutoencoderKL, VAEConfig
+
+HELP = "see weights/README.md in the minisd repository for how to get Stable Diffusion weights"
+
+# dtype names in a safetensors header -> NumPy dtypes (bfloat16 is widened by hand).
+SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4"}
+
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth")
+
+
+class WeightsError(ValueError):
+    """A model folder or file that minisd cannot read, with what to do about it."""
+
+
+# ---------------------------------------------------------------- safetensors
+
+
+def read_safetensors(path):
+    """{key: array} memory-mapped from a .safetensors file.
+
+    Layout: 8-byte little-endian header length N, N bytes of JSON header
+    ({key: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}), then the data.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as file:
+        prefix = file.read(8)
+        header_len = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+        if not 0 < header_len <= size - 8:
+            raise WeightsError(f"{path} is not a safetensors file (bad header length)")
+        try:
+            header = json.loads(file.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise WeightsError(f"{path} is not a safetensors file (header is not JSON: {error})") from None
+    header.pop("__metadata__", None)
+    data = numpy.memmap(path, dtype=numpy.uint8, mode="r", offset=8 + header_len) if header else None
+    return {key: _tensor(path, key, info, data) for key, info in header.items()}
+
+
+def _tensor(path, key, info, data):
+    dtype = SAFETENSORS_DTYPES.get(info.get("dtype"))
+    if dtype is None:
+        raise WeightsError(f"{path}: tensor {key!r} has dtype {info.get('dtype')!r}, which minisd cannot read")
+    begin, end = info["data_offsets"]
+    count = int(numpy.prod(info["shape"], dtype=numpy.int64))
+    if end - begin != count * numpy.dtype(dtype).itemsize or end > data.size:
+        raise WeightsError(f"{path}: tensor {key!r} has inconsistent offsets (truncated or corrupt file)")
+    array = data[begin:end].view(dtype).reshape(info["shape"])
+    if info["dtype"] == "BF16":  # bfloat16 is the top half of a float32
+        array = (array.astype(numpy.uint32) << 16).view(numpy.float32)
+    return array
+
+
+# ---------------------------------------------------------------- filling a module
+
+
+def load_module(module, tensors, source, backend, renames=(), ignored=()):
+    """Fill every parameter slot of `module` from `tensors`; report all mismatches at once.
+
+    renames: (pattern, replacement) regexes turning older key spellings into the current ones.
+    ignored: regexes of keys a file may carry that are not weights (e.g. buffers).
+    """
+    tensors = {_rename(key, renames): value for key, value in tensors.items()}
+    slots = {key: (owner, name, value.shape) for key, owner, name, value in module.named_slots()}
+    missing = [key for key in slots if key not in tensors]
+    unexpected = [k for k in tensors if k not in slots and not any(re.fullmatch(p, k) for p in ignored)]
+    wrong_shape = []
+    for key, (owner, name, shape) in slots.items():
+        if key not in tensors:
+            continue
+        array = tensors[key]
+        if array.shape != shape and array.shape == shape + (1, 1):
+            array = array.reshape(shape)  # a 1×1 conv saved where we use a linear layer
+        if array.shape != shape:
+            wrong_shape.append(f"{key}: file {tuple(array.shape)}, config expects {shape}")
+            continue
+        setattr(owner, name, backend.asarray(array))
+    _report(source, missing, unexpected, wrong_shape)
+
+
+def _rename(key, renames):
+    for pattern, replacement in renames:
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
+def _report(source, missing, unexpected, wrong_shape):
+    problems = []
+    for title, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                        ("shape mismatches", wrong_shape)):  # fmt: skip
+        if keys:
+            shown = "\n    ".join(keys[:20]) + (f"\n    ... and {len(keys) - 20} more" if len(keys) > 20 else "")
+            problems.append(f"  {len(keys)} {title}:\n    {shown}")
+    if problems:
+        raise WeightsError(
+            f"{source} does not match its config.json:\n" + "\n".join(problems)
+            + "\nThe weights and config.json must come from the same model; " + HELP
+        )
+
+
+# ---------------------------------------------------------------- the diffusers folder layout
+
+# Per component: its folder, weight file stem, model class and config class, key renames, keys to ignore.
+TEXT_ENCODER_RENAMES = [(r"^(?!text_model\.)", "text_model.")]  # keys may lack the prefix
+TEXT_ENCODER_IGNORED = [r"text_model\.embeddings\.position_ids"]  # a buffer, not a weight
+VAE_RENAMES = [  # diffusers < 0.14 names of the VAE attention layers
+    (r"(attentions\.\d+)\.query\.", r"\1.to_q."),
+    (r"(attentions\.\d+)\.key\.", r"\1.to_k."),
+    (r"(attentions\.\d+)\.value\.", r"\1.to_v."),
+    (r"(attentions\.\d+)\.proj_attn\.", r"\1.to_out.0."),
+]
+
+
+def default_model_folder():
+    """The model used when no weights are given (the embedded model, once it ships)."""
+    raise WeightsError(
+        "minisd has no embedded default model yet: pass weights='path/to/model-folder' "
+        f"(a diffusers-layout Stable Diffusion folder, --weights on the command line); {HELP}"
+    )
+
+
+def check_model_folder(folder):
+    """Raise a WeightsError naming what is missing from a diffusers-layout model folder."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise WeightsError(f"model folder {folder} does not exist; {HELP}")
+    if folder.is_file():
+        raise WeightsError(
+            f"{folder} is a single file; minisd reads the diffusers folder layout "
+            f"(model_index.json, tokenizer/, text_encoder/, unet/, vae/, scheduler/); {HELP}"
+        )
+    needed = ["model_index.json", "text_encoder/config.json", "unet/config.json",
+              "vae/config.json", "scheduler/scheduler_config.json"]  # fmt: skip
+    absent = [name for name in needed if not (folder / name).exists()]
+    if absent:
+        raise WeightsError(f"model folder {folder} is incomplete: missing {', '.join(absent)}; {HELP}")
+
+
+def find_weights_file(component_folder, stem, prefer_fp16=False):
+    """The component's safetensors file: `stem.safetensors` or the `stem.fp16.safetensors` variant."""
+    candidates = [component_folder / f"{stem}.safetensors", component_folder / f"{stem}.fp16.safetensors"]
+    if prefer_fp16:
+        candidates.reverse()
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    pickles = [p.name for p in component_folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
+    if pickles:
+        raise WeightsError(
+            f"{component_folder} has only {', '.join(pickles)}: PyTorch pickle files, which can run "
+            "arbitrary code when loaded, so minisd refuses them. Convert once to safetensors, e.g. "
+            "python -c \"import torch, safetensors.torch as s; "
+            f"s.save_file(torch.load('{component_folder / pickles[0]}', weights_only=True), "
+            f"'{component_folder / stem}.safetensors')\" (or download the .safetensors files); {HELP}"
+        )
+    raise WeightsError(f"{component_folder} has no {stem}.safetensors (nor {stem}.fp16.safetensors); {HELP}")
+
+
+def read_json(path):
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise WeightsError(f"{path} is not valid JSON: {error}") from None
+
+
+def load_component(folder, name, backend):
+    """Build one component (text_encoder, unet, vae) from its config.json and weights."""
+    model_class, config_class, stem, renames, ignored = COMPONENTS[name]
+    component_folder = Path(folder) / name
+    config = config_class.from_dict(read_json(component_folder / "config.json"))
+    model = model_class(config)
+    path = find_weights_file(component_folder, stem, prefer_fp16=backend.dtype == numpy.float16)
+    load_module(model, read_safetensors(path), path, backend, renames, ignored)
+    return model
+
+
+COMPONENTS = {
+    "text_encoder": (CLIPTextModel, CLIPTextConfig, "model", TEXT_ENCODER_RENAMES, TEXT_ENCODER_IGNORED),
+    "unet": (UNet2DConditionModel, UNetConfig, "diffusion_pytorch_model", (), ()),
+    "vae": (AutoencoderKL, VAEConfig, "diffusion_pytorch_model", VAE_RENAMES, ()),
+}
+
+
+def load_tokenizer(folder):
+    """The folder's own tokenizer/ (vocab + merges + pad token); the shipped CLIP vocabulary if absent."""
+    tokenizer_folder = Path(folder) / "tokenizer"
+    return CLIPTokenizer.from_folder(tokenizer_folder) if tokenizer_folder.exists() else CLIPTokenizer.default()

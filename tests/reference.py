@@ -1,0 +1,133 @@
+"""Random-weight reference models built with diffusers / transformers (the `reference` extra).
+
+Real checkpoints cannot be downloaded here, so parity is proven on models with the real
+architectures and random weights: built with the reference libraries, saved in the diffusers
+folder layout, loaded by minisd's own loader, and compared output for output.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from minisd.tokenizer import CLIPTokenizer
+
+SD15_SCHEDULER = {
+    "_class_name": "PNDMScheduler",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+    "clip_sample": False,
+}
+
+# The real SD 1.5 sizes are the libraries' defaults, except the text encoder's (ViT-L/14).
+SD15_TEXT = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                 max_position_embeddings=77, hidden_act="quick_gelu", vocab_size=49408, projection_dim=768)  # fmt: skip
+SD15_UNET = dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
+SD15_VAE = dict(
+    block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    latent_channels=4,
+    layers_per_block=2,
+    sample_size=512,
+)
+
+# A tiny model of the same family, for whole-pipeline tests (diffusers' own tests use similar).
+TINY_TEXT = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=5, num_attention_heads=4,
+                 max_position_embeddings=77, hidden_act="quick_gelu", vocab_size=49408, projection_dim=32)  # fmt: skip
+TINY_UNET = dict(
+    sample_size=8,
+    block_out_channels=(32, 64),
+    layers_per_block=2,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    cross_attention_dim=32,
+    attention_head_dim=(2, 4),
+    norm_num_groups=32,
+)
+TINY_VAE = dict(
+    block_out_channels=(32, 32, 64, 64),
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    latent_channels=4,
+    layers_per_block=1,
+    norm_num_groups=32,
+    sample_size=64,
+)
+
+
+def randomize(model, seed):
+    """Give every parameter random values, norms included (their default 1/0 would hide bugs)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            fan_in = param[0].numel() if param.ndim > 1 else 1
+            noise = torch.randn(param.shape, generator=generator)
+            if param.ndim > 1:
+                param.copy_(noise / fan_in**0.5)
+            elif name.endswith("weight"):  # norm scales around 1
+                param.copy_(1 + 0.1 * noise)
+            else:
+                param.copy_(0.1 * noise)
+    return model.eval()
+
+
+def build_models(text=SD15_TEXT, unet=SD15_UNET, vae=SD15_VAE, seed=0):
+    """(text_encoder, unet, vae) torch modules with random weights."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return (
+        randomize(CLIPTextModel(CLIPTextConfig(**text)), seed),
+        randomize(UNet2DConditionModel(**unet), seed + 1),
+        randomize(AutoencoderKL(**vae), seed + 2),
+    )
+
+
+def save_model_folder(folder, text_encoder, unet, vae, scheduler=SD15_SCHEDULER, variant=None):
+    """Write a diffusers-layout model folder (what users download), safetensors throughout."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True, variant=variant)
+    unet.save_pretrained(folder / "unet", safe_serialization=True, variant=variant)
+    vae.save_pretrained(folder / "vae", safe_serialization=True, variant=variant)
+    CLIPTokenizer.default().save(folder / "tokenizer")
+    tokenizer_config = {"model_max_length": 77, "pad_token": "<|endoftext|>", "bos_token": "<|startoftext|>",
+                        "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}  # as in SD 1.5's folder
+    (folder / "tokenizer" / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    (folder / "scheduler").mkdir(exist_ok=True)
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
+    index = {"_class_name": "StableDiffusionPipeline", "tokenizer": ["transformers", "CLIPTokenizer"],
+             "text_encoder": ["transformers", "CLIPTextModel"], "unet": ["diffusers", "UNet2DConditionModel"],
+             "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "PNDMScheduler"],
+             "safety_checker": [None, None], "feature_extractor": [None, None]}  # fmt: skip
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    return folder
+
+
+def reference_pipeline(folder, scheduler="pndm"):
+    """diffusers' StableDiffusionPipeline on the same folder (no safety checker)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    if scheduler == "ddim":
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def relative_error(actual, expected):
+    """‖actual − expected‖ / ‖expected‖ (relative L2), in float64."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
+
+
+def to_numpy(tensor):
+    return tensor.detach().float().numpy()

@@ -1,0 +1,77 @@
+"""The command line: writes a PNG carrying its parameters, never overwrites without --force."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from minisd.cli import main
+
+FOLDER = str(Path(__file__).parent / "fixtures" / "tiny-sd")
+ARGS = ["a red circle", "--weights", FOLDER, "--steps", "3", "--seed", "3"]
+
+
+def test_writes_png_with_parameters(tmp_path):
+    output = tmp_path / "out.png"
+    code = main([*ARGS, "-o", str(output), "--size", "80x48", "--negative", "blurry", "--scheduler", "ddim",
+                 "--guidance", "5"])  # fmt: skip
+    assert code == 0
+    image = Image.open(output)
+    assert image.size == (80, 48)
+    assert {key: image.text[key] for key in ("prompt", "negative_prompt", "seed", "steps", "scheduler",
+                                              "guidance", "size", "model")} == {  # fmt: skip
+        "prompt": "a red circle", "negative_prompt": "blurry", "seed": "3", "steps": "3", "scheduler": "ddim",
+        "guidance": "5.0", "size": "80x48", "model": "tiny-sd",
+    }  # fmt: skip
+
+
+def test_img2img_from_the_command_line(tmp_path):
+    init = tmp_path / "init.png"
+    Image.new("RGB", (70, 60), (200, 30, 30)).save(init)
+    output = tmp_path / "out.png"
+    assert main([*ARGS, "-o", str(output), "--init-image", str(init), "--strength", "0.7"]) == 0
+    image = Image.open(output)
+    assert image.size == (64, 56)  # floored to multiples of 8, as diffusers does
+    assert image.text["strength"] == "0.7" and image.text["init_image"] == "init.png"
+    assert image.text["scheduler"] == "PNDMScheduler" and image.text["size"] == "64x56"
+
+
+def test_refuses_to_overwrite_without_force(tmp_path, capsys):
+    output = tmp_path / "mine.png"
+    output.write_bytes(b"the user's own file")
+    assert main([*ARGS, "-o", str(output)]) == 2
+    error = capsys.readouterr().err
+    assert "already exists" in error and "--force" in error
+    assert output.read_bytes() == b"the user's own file"
+    assert main([*ARGS, "-o", str(output), "--force"]) == 0
+    assert Image.open(output).size == (64, 64)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--size", "60x64"], "multiples of 8"),
+        (["--steps", "0"], "steps must be an integer >= 1"),
+        (["--weights", "/nonexistent/model"], "does not exist"),
+        (["-o", "picture.jpg"], "must end in .png"),
+    ],
+)
+def test_bad_input_is_a_clear_error(tmp_path, capsys, extra, message):
+    args = [*ARGS, "-o", str(tmp_path / "out.png"), *extra]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_no_weights_points_to_the_readme(tmp_path, capsys):
+    assert main(["a red circle", "-o", str(tmp_path / "out.png")]) == 2
+    assert "weights/README.md" in capsys.readouterr().err
+
+
+def test_python_dash_m(tmp_path):
+    output = tmp_path / "m.png"
+    run = subprocess.run([sys.executable, "-m", "minisd", *ARGS, "-o", str(output)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "denoising" in run.stderr  # the tqdm progress bar
+    assert Image.open(output).text["prompt"] == "a red circle"
