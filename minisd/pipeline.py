@@ -174,7 +174,7 @@ class Pipeline:
             return self.backend.asarray(randn(generator, shape))
         if tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape} for a {width}x{height} image, got {tuple(latents.shape)}")
-        return self.backend.asarray(self.backend.to_host(latents))
+        return self.backend.asarray(latents)
 
     def _noised_image_latents(self, generator, image, height, width, scheduler, t_start):
         image = _open_image(image).convert("RGB")

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The GPU checks, as one command for a lent device machine (see ../shared/GPU.md):
+#   device run, carry [".whl"] (diffusers, importlib_metadata, zipp wheels), command: bash tests/gpu_check.sh
+# Runs the GPU test tier, then the UNet benchmark (CuPy fp32 and fp16 vs diffusers fp16 + SDPA).
+set -uo pipefail
+OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=$PWD:/tmp/site
+export PYTHONUNBUFFERED=1
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  python3 -c "import cupy, torch, numpy, diffusers; print('cupy', cupy.__version__, 'torch', torch.__version__, 'numpy', numpy.__version__, 'diffusers', diffusers.__version__)"
+} 2>&1 | tee "$OUT/env.log"
+timeout 300 python3 -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py tests/test_fixture_model.py 2>&1 | tee "$OUT/tests.log"
+for dtype in float32 float16; do
+  timeout 200 python3 -m minisd.bench --backend cupy --dtype $dtype --repeat 5 2>&1 | grep -v -i "warn\|kept in float32" | tee "$OUT/bench-$dtype.log"
+done
