@@ -22,6 +22,11 @@ def array_module(x):
     return numpy
 
 
+def on_gpu(x):
+    """Whether `x` lives on the GPU (a CuPy array)."""
+    return array_module(x) is not numpy
+
+
 class Backend:
     """Where arrays live (`xp`) and the dtype weights and activations use."""
 
@@ -37,6 +42,10 @@ class Backend:
     def asarray(self, host_array, dtype=None):
         """Move a host (NumPy) array to this backend, cast to `dtype` (default: the backend's)."""
         return self.xp.asarray(host_array, dtype=dtype or self.dtype)
+
+    def with_dtype(self, dtype):
+        """The same device with another dtype (e.g. a float32 VAE beside a float16 UNet)."""
+        return Backend(self.name, dtype)
 
     def to_host(self, array):
         """Bring an array back to the CPU as a NumPy array."""

@@ -21,23 +21,27 @@ from .backend import Backend
 from .unet import UNet2DConditionModel, UNetConfig
 
 
-def random_unet(config, seed=0):
-    """SD 1.5-shaped UNet with random weights: {key: float32 host array} and the module."""
-    unet = UNet2DConditionModel(config)
+def random_weights(module, seed=0):
+    """{key: float32 host array} for every slot of `module`: N(0, 1/fan_in) for matrices and
+    kernels, scales near 1 and small shifts for the 1-D parameters (norms, biases)."""
     rng = numpy.random.default_rng(seed)
     weights = {}
-    for key, _, _, slot in unet.named_slots():
-        fan_in = numpy.prod(slot.shape[1:]) if len(slot.shape) > 1 else 1
-        weights[key] = (rng.standard_normal(slot.shape, dtype=numpy.float32) / numpy.sqrt(fan_in)).astype(
-            numpy.float32
-        )
-    return unet, weights
+    for key, _, _, slot in module.named_slots():
+        noise = rng.standard_normal(slot.shape, dtype=numpy.float32)
+        if len(slot.shape) > 1:
+            weights[key] = noise / numpy.float32(numpy.sqrt(numpy.prod(slot.shape[1:])))
+        elif key.endswith("weight"):
+            weights[key] = 1 + 0.1 * noise
+        else:
+            weights[key] = 0.1 * noise
+    return weights
 
 
-def place(unet, weights, backend):
-    for key, owner, name, _ in unet.named_slots():
+def place(module, weights, backend):
+    """Put `weights` into `module`'s slots on `backend`; returns the module."""
+    for key, owner, name, _ in module.named_slots():
         setattr(owner, name, backend.asarray(weights[key]))
-    return unet
+    return module
 
 
 @contextlib.contextmanager
@@ -79,8 +83,7 @@ def time_calls(run, synchronize, repeat):
     return float(numpy.median(times))
 
 
-def bench_minisd(backend, config, weights_and_unet, inputs, repeat):
-    unet, weights = weights_and_unet
+def bench_minisd(backend, unet, weights, inputs, repeat):
     place(unet, weights, backend)
     sample, context = (backend.asarray(a) for a in inputs)
     synchronize = backend.xp.cuda.Device().synchronize if backend.name == "cupy" else (lambda: None)
@@ -112,6 +115,32 @@ def bench_diffusers(backend, weights, inputs, repeat):
     return seconds, memory, f"diffusers ({device}, {str(dtype).removeprefix('torch.')}, torch {torch.__version__})"
 
 
+def bench_attention(backend, head_dim, tokens=4096, width=320, repeat=10):
+    """Self-attention over `tokens` tokens (batch 2): minisd's attention vs torch SDPA, TFLOP/s."""
+    heads = width // head_dim
+    rng = numpy.random.default_rng(2)
+    q, k, v = (rng.standard_normal((2, tokens, width), dtype=numpy.float32) for _ in range(3))
+    flops = 4 * 2 * tokens * tokens * width
+    synchronize = backend.xp.cuda.Device().synchronize if backend.name == "cupy" else (lambda: None)
+    qd, kd, vd = (backend.asarray(x) for x in (q, k, v))
+    ours = time_calls(lambda: nn.attention(qd, kd, vd, heads), synchronize, repeat)
+    result = [f"attention {tokens} tokens, head dim {head_dim}: minisd {ours * 1e3:.2f} ms "
+              f"({flops / ours / 1e12:.1f} TFLOP/s)"]  # fmt: skip
+    try:
+        import torch
+    except ImportError:
+        return result[0]
+    device = "cuda" if backend.name == "cupy" else "cpu"
+    dtype = getattr(torch, backend.dtype.name)
+    qt, kt, vt = (torch.from_numpy(x).to(device, dtype).view(2, tokens, heads, head_dim).transpose(1, 2)
+                  for x in (q, k, v))  # fmt: skip
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    theirs = time_calls(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt), sync, repeat)
+    result.append(f"torch SDPA {theirs * 1e3:.2f} ms ({flops / theirs / 1e12:.1f} TFLOP/s), "
+                  f"ratio {ours / theirs:.2f}")  # fmt: skip
+    return ", ".join(result)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
@@ -124,10 +153,11 @@ def main(argv=None):
     rng = numpy.random.default_rng(1)
     inputs = (rng.standard_normal((2, 4, args.latent, args.latent), dtype=numpy.float32),
               rng.standard_normal((2, 77, config.cross_attention_dim), dtype=numpy.float32))  # fmt: skip
-    unet_and_weights = random_unet(config)
-    seconds, flops, memory = bench_minisd(backend, config, unet_and_weights, inputs, args.repeat)
+    unet = UNet2DConditionModel(config)
+    weights = random_weights(unet)
+    seconds, flops, memory = bench_minisd(backend, unet, weights, inputs, args.repeat)
     rows = [(f"minisd ({backend.name}, {backend.dtype.name})", seconds, memory)]
-    reference = bench_diffusers(backend, unet_and_weights[1], inputs, args.repeat)
+    reference = bench_diffusers(backend, weights, inputs, args.repeat)
     if reference:
         rows.append((reference[2], reference[0], reference[1]))
     print(f"SD 1.5 UNet, one guidance step: batch 2, {args.latent}x{args.latent} latent, "
@@ -138,6 +168,9 @@ def main(argv=None):
     if reference:
         print(f"  ratio minisd / diffusers: {seconds / reference[0]:.2f}")
     print(f"  host peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB")
+    if backend.name == "cupy":
+        for head_dim in (40, 64):
+            print("  " + bench_attention(backend, head_dim))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ and the loader (weights.py) fills them.
 import dataclasses
 import math
 
-from .backend import array_module
+from . import cuda
+from .backend import array_module, on_gpu
 
 
 class Config:
@@ -161,21 +162,27 @@ def im2col(x, kh, kw, stride, out_h, out_w):
 
 
 def group_norm(x, num_groups, weight, bias, eps):
-    """Normalise each group of channels over (channels in group, H, W), then scale and shift."""
+    """Normalise each group of channels over (channels in group, H, W), then scale and shift.
+
+    Statistics are taken in float32 even for float16 inputs (a float16 sum overflows).
+    """
     batch, channels = x.shape[:2]
-    grouped = x.reshape(batch, num_groups, -1)  # (B, G, C/G·H·W)
+    grouped = x.reshape(batch, num_groups, -1).astype("float32", copy=False)  # (B, G, C/G·H·W)
     mean = grouped.mean(axis=-1, keepdims=True)
     var = ((grouped - mean) ** 2).mean(axis=-1, keepdims=True)
     normed = ((grouped - mean) / (var + eps) ** 0.5).reshape(x.shape)
     affine_shape = (1, channels) + (1,) * (x.ndim - 2)
-    return normed * weight.reshape(affine_shape) + bias.reshape(affine_shape)
+    y = normed * weight.reshape(affine_shape) + bias.reshape(affine_shape)
+    return y.astype(x.dtype, copy=False)
 
 
 def layer_norm(x, weight, bias, eps):
-    """Normalise over the last axis (the feature vector of each token)."""
-    mean = x.mean(axis=-1, keepdims=True)
-    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
-    return (x - mean) / (var + eps) ** 0.5 * weight + bias
+    """Normalise over the last axis (the feature vector of each token), statistics in float32."""
+    x32 = x.astype("float32", copy=False)
+    mean = x32.mean(axis=-1, keepdims=True)
+    var = ((x32 - mean) ** 2).mean(axis=-1, keepdims=True)
+    y = (x32 - mean) / (var + eps) ** 0.5 * weight + bias
+    return y.astype(x.dtype, copy=False)
 
 
 def softmax_in_place(x):
@@ -198,8 +205,12 @@ def attention(q, k, v, heads, mask=None):
 
     q: (B, Tq, heads·d), k and v: (B, Tk, heads·d), mask broadcastable to (Tq, Tk) with
     -inf (or a large negative number) where a query may not look. Queries are processed in
-    chunks so the score matrix stays under ATTENTION_CHUNK_ELEMENTS.
+    chunks so the score matrix stays under ATTENTION_CHUNK_ELEMENTS; scores and softmax are
+    float32 whatever the input dtype. On the GPU, kernels/attention.cu computes the same thing
+    in one fused pass for the head dims it covers.
     """
+    if on_gpu(q) and cuda.attention_supported(q, k, heads):
+        return cuda.attention(q, k, v, heads, mask)
     xp = array_module(q)
     batch, q_len, width = q.shape
     head_dim = width // heads
@@ -209,10 +220,10 @@ def attention(q, k, v, heads, mask=None):
     chunk = max(1, ATTENTION_CHUNK_ELEMENTS // (batch * heads * k.shape[2]))
     for start in range(0, q_len, chunk):
         rows = slice(start, start + chunk)
-        scores = q[:, :, rows] @ k.transpose(0, 1, 3, 2)  # (B, heads, chunk, Tk)
+        scores = (q[:, :, rows] @ k.transpose(0, 1, 3, 2)).astype("float32", copy=False)  # (B, heads, chunk, Tk)
         if mask is not None:
             scores += mask[rows]
-        out[:, :, rows] = softmax_in_place(scores) @ v
+        out[:, :, rows] = softmax_in_place(scores).astype(v.dtype, copy=False) @ v
     return out.transpose(0, 2, 1, 3).reshape(batch, q_len, width)  # (B, Tq, heads·d)
 
 

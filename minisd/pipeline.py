@@ -44,13 +44,15 @@ def randn(generator, shape):
 
 
 class Pipeline:
-    def __init__(self, tokenizer, text_encoder, unet, vae, scheduler_config, backend, name="model"):
+    def __init__(self, tokenizer, text_encoder, unet, vae, scheduler_config, backend, name="model",
+                 vae_backend=None):  # fmt: skip
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.unet = unet
         self.vae = vae
         self.scheduler_config = scheduler_config
         self.backend = backend
+        self.vae_backend = vae_backend or backend
         self.name = name
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)  # 8 in SD
 
@@ -58,14 +60,18 @@ class Pipeline:
     def from_folder(cls, path, backend):
         check_model_folder(path)
         folder = Path(path)
+        vae_backend = backend
+        if backend.dtype == numpy.float16 and read_json(folder / "vae" / "config.json").get("force_upcast", True):
+            vae_backend = backend.with_dtype("float32")  # as diffusers does: the VAE overflows in fp16
         return cls(
             tokenizer=load_tokenizer(folder),
             text_encoder=load_component(folder, "text_encoder", backend),
             unet=load_component(folder, "unet", backend),
-            vae=load_component(folder, "vae", backend),
+            vae=load_component(folder, "vae", vae_backend),
             scheduler_config=read_json(folder / "scheduler" / "scheduler_config.json"),
             backend=backend,
             name=folder.resolve().name,
+            vae_backend=vae_backend,
         )
 
     @property
@@ -121,21 +127,27 @@ class Pipeline:
         return self.text_encoder(ids)
 
     def predict_noise(self, latents, t, context, guidance):
-        """The UNet's noise estimate, with classifier-free guidance when the context has 2 rows."""
+        """The UNet's noise estimate, with classifier-free guidance when the context has 2 rows.
+
+        The UNet runs in the backend's dtype; latents and noise stay float32 for the scheduler.
+        """
+        sample = latents.astype(self.backend.dtype, copy=False)
         if context.shape[0] == 1:
-            return self.unet(latents, t, context)
+            return self.unet(sample, t, context).astype("float32", copy=False)
         xp = self.backend.xp
-        noise_uncond, noise_text = self.unet(xp.concatenate([latents, latents]), t, context)
+        noise = self.unet(xp.concatenate([sample, sample]), t, context).astype("float32", copy=False)
+        noise_uncond, noise_text = noise
         return noise_uncond + guidance * (noise_text - noise_uncond)
 
     def decode(self, latents):
         """Latents (1, 4, h, w) -> PIL image, through the VAE decoder."""
-        images = self.vae.decode(latents / self.vae.config.scaling_factor)  # (1, 3, H, W) in [-1, 1]
-        return to_pil(self.backend.to_host(images))
+        latents = self.vae_backend.asarray(latents / self.vae.config.scaling_factor)
+        images = self.vae.decode(latents)  # (1, 3, H, W) in [-1, 1]
+        return to_pil(self.vae_backend.to_host(images).astype(numpy.float32))
 
     def encode_image(self, image):
         """PIL image -> posterior mean and log-variance of its latents (unscaled)."""
-        pixels = self.backend.asarray(from_pil(image))  # (1, 3, H, W) in [-1, 1]
+        pixels = self.vae_backend.asarray(from_pil(image))  # (1, 3, H, W) in [-1, 1]
         return self.vae.encode(pixels)
 
     # ------------------------------------------------------------ helpers
@@ -171,22 +183,22 @@ class Pipeline:
     def _initial_latents(self, generator, latents, height, width):
         shape = self._latent_shape(height, width)
         if latents is None:
-            return self.backend.asarray(randn(generator, shape))
+            return self.backend.asarray(randn(generator, shape), dtype="float32")
         if tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape} for a {width}x{height} image, got {tuple(latents.shape)}")
-        return self.backend.asarray(latents)
+        return self.backend.asarray(latents, dtype="float32")
 
     def _noised_image_latents(self, generator, image, height, width, scheduler, t_start):
         image = _open_image(image).convert("RGB")
         if image.size != (width, height):
             image = image.resize((width, height), Image.LANCZOS)
-        mean, logvar = self.encode_image(image)
+        mean, logvar = (x.astype("float32", copy=False) for x in self.encode_image(image))
         sample = mean + self.backend.xp.exp(0.5 * logvar) * self._noise_like(generator, mean)
         latents = sample * self.vae.config.scaling_factor
         return scheduler.add_noise(latents, self._noise_like(generator, latents), t_start)
 
     def _noise_like(self, generator, array):
-        return self.backend.asarray(randn(generator, array.shape))
+        return self.backend.asarray(randn(generator, array.shape), dtype="float32")
 
 
 def _check_options(steps, eta, strength, image):

@@ -1,7 +1,8 @@
 """GPU tier: the CuPy backend against the NumPy backend (skipped, with the reason, without a GPU).
 
-Same weights, same inputs, float32 on both sides: relative L2 error <= 1e-5 per component, and
-the same picture for the same seed.
+Same weights, same inputs: CuPy float32 within 1e-5 relative L2 of NumPy float32 per component
+and the same picture for the same seed; CuPy float16 within 3e-3 at the full SD sizes, no
+NaN/Inf, and pictures within PSNR 35 dB; the attention kernel against a float64 reference.
 """
 
 from pathlib import Path
@@ -11,8 +12,11 @@ import pytest
 
 import minisd
 from minisd.backend import Backend
-from minisd.bench import place, random_unet
-from minisd.unet import UNetConfig
+from minisd import cuda, nn
+from minisd.bench import place, random_weights
+from minisd.clip import CLIPTextConfig, CLIPTextModel
+from minisd.unet import UNet2DConditionModel, UNetConfig
+from minisd.vae import AutoencoderKL, VAEConfig
 from minisd.weights import load_component
 
 cupy = pytest.importorskip("cupy", reason="GPU tier needs CuPy and an NVIDIA GPU: pip install -e '.[gpu]'")
@@ -22,7 +26,8 @@ except cupy.cuda.runtime.CUDARuntimeError as error:
     pytest.skip(f"GPU tier needs an NVIDIA GPU: {error}", allow_module_level=True)
 
 FOLDER = Path(__file__).parent / "fixtures" / "tiny-sd"
-CPU, GPU = Backend("numpy", "float32"), Backend("cupy", "float32")
+CPU, GPU, GPU16 = Backend("numpy", "float32"), Backend("cupy", "float32"), Backend("cupy", "float16")
+SD2_UNET = dict(attention_head_dim=(5, 10, 20, 20), use_linear_projection=True, cross_attention_dim=1024)
 
 
 def relative_error(actual, reference):
@@ -71,13 +76,115 @@ def test_same_seed_same_picture(scheduler):
     assert np.abs(gpu - cpu).max() <= 1
 
 
-def test_full_size_unet_64x64():
-    """SD 1.5's UNet (random weights), one guidance step at 512×512: CuPy fp32 == NumPy fp32."""
-    config = UNetConfig()
-    unet, weights = random_unet(config)
+# ---------------------------------------------------------------- full SD sizes, fp32 and fp16
+
+
+def compare_full_size(module, inputs, call, backend):
+    """Run `call(module, *inputs)` with random weights on NumPy fp32 and on `backend`."""
+    weights = random_weights(module)
+    reference = call(place(module, weights, CPU), *inputs)
+    device_inputs = [backend.asarray(x, backend.dtype if x.dtype == np.float32 else x.dtype) for x in inputs]
+    result = backend.to_host(call(place(module, weights, backend), *device_inputs)).astype(np.float32)
+    assert np.isfinite(result).all(), "NaN or Inf in the GPU result"
+    return relative_error(result, reference)
+
+
+@pytest.mark.parametrize("backend, tolerance", [(GPU, 1e-5), (GPU16, 3e-3)], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("config", [{}, SD2_UNET], ids=["sd1", "sd2"])
+def test_full_size_unet_64x64(backend, tolerance, config):
+    """SD 1.5 / SD 2 UNets (random weights), one guidance step at 512×512 (batch 2)."""
+    config = UNetConfig(**config)
     rng = np.random.default_rng(3)
     sample = rng.standard_normal((2, 4, 64, 64), dtype=np.float32)
-    context = rng.standard_normal((2, 77, 768), dtype=np.float32)
-    cpu = place(unet, weights, CPU)(sample, 981, context)
-    gpu = place(unet, weights, GPU)(GPU.asarray(sample), 981, GPU.asarray(context))
-    assert relative_error(GPU.to_host(gpu), cpu) <= 1e-5
+    context = rng.standard_normal((2, 77, config.cross_attention_dim), dtype=np.float32)
+    error = compare_full_size(UNet2DConditionModel(config), (sample, context), lambda m, s, c: m(s, 981, c), backend)
+    assert error <= tolerance
+
+
+@pytest.mark.parametrize("backend, tolerance", [(GPU, 1e-5), (GPU16, 3e-3)], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("config", [{}, dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
+                                             num_attention_heads=16, hidden_act="gelu")], ids=["sd1", "sd2"])  # fmt: skip
+def test_full_size_text_encoder(backend, tolerance, config):
+    ids = np.random.default_rng(4).integers(0, 49408, (2, 77))
+    error = compare_full_size(CLIPTextModel(CLIPTextConfig(**config)), (ids,), lambda m, i: m(i), backend)
+    assert error <= tolerance
+
+
+@pytest.mark.parametrize("backend, tolerance", [(GPU, 1e-5), (GPU16, 3e-3)], ids=["fp32", "fp16"])
+def test_full_size_vae(backend, tolerance):
+    rng = np.random.default_rng(5)
+    latents = rng.standard_normal((1, 4, 32, 32), dtype=np.float32)
+    images = rng.uniform(-1, 1, (1, 3, 256, 256)).astype(np.float32)
+    vae = AutoencoderKL(VAEConfig())
+    assert compare_full_size(vae, (latents,), lambda m, z: m.decode(z), backend) <= tolerance
+    assert compare_full_size(vae, (images,), lambda m, x: m.encode(x)[0], backend) <= tolerance
+
+
+def psnr(a, b):
+    mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
+    return 10 * np.log10(255**2 / mse) if mse else np.inf
+
+
+@pytest.mark.parametrize("scheduler", ["pndm", "ddim"])
+def test_fp16_picture_close_to_numpy(scheduler):
+    options = dict(steps=10, seed=12, scheduler=scheduler, progress=False)
+    cpu = minisd.load(FOLDER, "numpy")("a green triangle on a black background", **options)
+    gpu = minisd.load(FOLDER, "cupy", "float16")("a green triangle on a black background", **options)
+    assert psnr(gpu, cpu) >= 35
+
+
+# ---------------------------------------------------------------- the attention kernel
+
+
+def reference_attention(q, k, v, heads, mask):
+    """softmax(Q Kᵀ/√d + mask) V in float64 on the CPU."""
+    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+    batch, q_len, width = q.shape
+    d = width // heads
+    split = lambda x: x.reshape(batch, x.shape[1], heads, d).transpose(0, 2, 1, 3)  # noqa: E731
+    scores = split(q) @ split(k).transpose(0, 1, 3, 2) / np.sqrt(d)
+    if mask is not None:
+        scores = scores + mask
+    scores = np.exp(scores - scores.max(-1, keepdims=True))
+    out = (scores / scores.sum(-1, keepdims=True)) @ split(v)
+    return out.transpose(0, 2, 1, 3).reshape(batch, q_len, width)
+
+
+def random_mask(rng, q_len, k_len):
+    """Additive mask: -inf at random places, but every query keeps at least its first key."""
+    mask = np.where(rng.random((q_len, k_len)) < 0.3, -np.inf, 0).astype(np.float32)
+    mask[:, 0] = 0
+    return mask
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-5), ("float16", 2e-3)])
+@pytest.mark.parametrize("head_dim", cuda.ATTENTION_HEAD_DIMS)
+@pytest.mark.parametrize("lengths", [(4096, 4096), (300, 77), (77, 77), (33, 130)], ids=lambda l: f"{l[0]}x{l[1]}")
+@pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
+def test_attention_kernel_against_float64(dtype, tolerance, head_dim, lengths, masked):
+    q_len, k_len = lengths
+    if q_len == 4096 and head_dim not in (40, 64):  # the 4096-token float64 reference is slow
+        pytest.skip("4096 tokens checked for head dims 40 and 64")
+    rng = np.random.default_rng(head_dim * 7 + q_len)
+    heads, batch = 2, 2
+    q = rng.standard_normal((batch, q_len, heads * head_dim)).astype(dtype)
+    k, v = (rng.standard_normal((batch, k_len, heads * head_dim)).astype(dtype) for _ in range(2))
+    mask = random_mask(rng, q_len, k_len) if masked else None
+    out = cupy.full(q.shape, np.nan, dtype=dtype)  # poison: every element must be written
+    xq, xk, xv = (cupy.asarray(x) for x in (q, k, v))
+    assert cuda.attention_supported(xq, xk, heads)
+    cuda.attention(xq, xk, xv, heads, None if mask is None else cupy.asarray(mask), out=out)
+    result = out.get().astype(np.float64)
+    reference = reference_attention(q, k, v, heads, mask)
+    assert np.isfinite(result).all()
+    assert relative_error(result, reference) <= tolerance
+    np.testing.assert_allclose(result, reference, atol=20 * tolerance)
+
+
+def test_uncovered_head_dim_uses_plain_cupy():
+    """Head dim 16 (the tiny model's) is not in the kernel: nn.attention computes it in CuPy."""
+    rng = np.random.default_rng(9)
+    q, k, v = (rng.standard_normal((1, 50, 32)).astype(np.float32) for _ in range(3))
+    assert not cuda.attention_supported(cupy.asarray(q), cupy.asarray(k), 2)
+    result = nn.attention(*(cupy.asarray(x) for x in (q, k, v)), heads=2).get()
+    assert relative_error(result, reference_attention(q, k, v, 2, None)) <= 1e-5

@@ -1,0 +1,52 @@
+"""Every CUDA kernel compiles to PTX for sm_80 (A100) and sm_90 (H100/H200) on any machine.
+
+NVRTC (through cupy.cuda.nvrtc, with nvidia-cuda-nvrtc-cu12) compiles without a GPU, so a
+kernel that does not build fails here, in CI, before any GPU session spends time on it.
+"""
+
+import re
+from pathlib import Path
+
+import pytest
+
+KERNELS = sorted((Path(__file__).parent.parent / "kernels").glob("*.cu"))
+REASON = "compiling kernels needs CuPy and NVRTC: pip install -e '.[test]' (cupy-cuda12x, nvidia-cuda-nvrtc-cu12)"
+
+
+def nvrtc_ptx(source, name, arch):
+    pytest.importorskip("cupy", reason=REASON)
+    from cupy.cuda import nvrtc
+
+    try:
+        program = nvrtc.createProgram(source, name, [], [])
+    except Exception as error:  # libnvrtc missing
+        pytest.skip(f"{REASON} ({error})")
+    try:
+        nvrtc.compileProgram(program, [f"--gpu-architecture={arch}", "-std=c++17"])
+    except nvrtc.NVRTCError:
+        pytest.fail(f"{name} does not compile for {arch}:\n{nvrtc.getProgramLog(program)}")
+    return nvrtc.getPTX(program).decode()
+
+
+def test_kernels_exist():
+    assert [path.name for path in KERNELS] == ["attention.cu"]
+
+
+@pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
+@pytest.mark.parametrize("path", KERNELS, ids=[path.name for path in KERNELS])
+def test_compiles_to_ptx(path, arch):
+    ptx = nvrtc_ptx(path.read_text(), path.name, arch)
+    assert f".target sm_{arch[-2:]}" in ptx
+    declared = set(re.findall(r"^ENTRY\((\w+),", path.read_text(), re.MULTILINE))
+    entries = set(re.findall(r"\.entry (\w+)\(", ptx))
+    assert declared and declared <= entries
+
+
+def test_attention_entry_points_cover_the_python_dispatch():
+    """Every (dtype, head dim) that minisd/cuda.py sends to the kernel has an entry point."""
+    from minisd import cuda
+
+    source = cuda.kernel_source("attention")
+    for dtype in cuda.DTYPE_NAMES.values():
+        for head_dim in cuda.ATTENTION_HEAD_DIMS:
+            assert f"ENTRY(attention_{dtype}_d{head_dim}," in source
