@@ -91,16 +91,17 @@ class Pipeline:
                 height=None, width=None, scheduler=None, eta=0.0, progress=True):  # fmt: skip
         """Image to image: noise `image` up to `strength` (0 < strength <= 1), then denoise."""
         loop = self.denoise(prompt, negative_prompt, steps, guidance, seed, height, width, scheduler, eta,
-                          image=image, strength=strength)  # fmt: skip
+                            image=image, strength=strength)  # fmt: skip
         return self.decode(self._run(loop, progress))
 
     def denoise(self, prompt, negative_prompt="", steps=50, guidance=7.5, seed=0, height=None, width=None,
-              scheduler=None, eta=0.0, latents=None, image=None, strength=1.0):  # fmt: skip
+                scheduler=None, eta=0.0, latents=None, image=None, strength=1.0):  # fmt: skip
         """The denoising loop as a generator of `Step`s (what __call__ and img2img consume).
 
         Text to image starts from pure noise (or the given `latents`); with `image`, it starts
         from the image's latents noised up to `strength` and runs only that part of the schedule.
         """
+        image = Image.open(image) if isinstance(image, (str, Path)) else image
         height, width = self._check_size(height, width, image)
         _check_options(steps, eta, strength, image)
         scheduler = make_scheduler(scheduler, self.scheduler_config)
@@ -163,7 +164,6 @@ class Pipeline:
 
     def _check_size(self, height, width, image):
         if image is not None and height is None and width is None:
-            image = _open_image(image)
             width, height = (size - size % self.vae_scale_factor for size in image.size)
         height = self.default_size if height is None else height
         width = self.default_size if width is None else width
@@ -189,7 +189,7 @@ class Pipeline:
         return self.backend.asarray(latents, dtype="float32")
 
     def _noised_image_latents(self, generator, image, height, width, scheduler, t_start):
-        image = _open_image(image).convert("RGB")
+        image = image.convert("RGB")
         if image.size != (width, height):
             image = image.resize((width, height), Image.LANCZOS)
         mean, logvar = (x.astype("float32", copy=False) for x in self.encode_image(image))
@@ -229,10 +229,6 @@ def _warn_if_truncated(tokenizer, prompt):
             f"up to {tokenizer.max_length} tokens: {dropped!r}",
             stacklevel=4,
         )
-
-
-def _open_image(image):
-    return Image.open(image) if isinstance(image, (str, Path)) else image
 
 
 def from_pil(image):

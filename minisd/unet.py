@@ -250,12 +250,7 @@ class DownBlock2D(Module):
             for i in range(layers)
         ]
         if cross_attention:
-            heads = config.heads[index]
-            context = config.per_block(config.cross_attention_dim)[index]
-            depth = config.per_block(config.transformer_layers_per_block)[index]
-            self.attentions = [
-                Transformer2DModel(out_channels, heads, context, depth, config) for _ in range(layers)
-            ]
+            self.attentions = spatial_transformers(config, index, out_channels, layers)
         if index < len(config.down_block_types) - 1:
             self.downsamplers = [Downsample2D(out_channels, config.downsample_padding)]
 
@@ -284,14 +279,9 @@ class UpBlock2D(Module):
             skip_channels = in_channels if i == layers - 1 else out_channels
             resnet_in = prev_channels if i == 0 else out_channels
             self.resnets.append(ResnetBlock2D(resnet_in + skip_channels, out_channels, temb_dim, groups, eps))
-        if cross_attention:
-            down_index = len(config.down_block_types) - 1 - index
-            heads = config.heads[down_index]
-            context = config.per_block(config.cross_attention_dim)[down_index]
-            depth = config.per_block(config.transformer_layers_per_block)[down_index]
-            self.attentions = [
-                Transformer2DModel(out_channels, heads, context, depth, config) for _ in range(layers)
-            ]
+        if cross_attention:  # up block i mirrors down block n-1-i
+            mirrored = len(config.down_block_types) - 1 - index
+            self.attentions = spatial_transformers(config, mirrored, out_channels, layers)
         if index < len(config.up_block_types) - 1:
             self.upsamplers = [Upsample2D(out_channels)]
 
@@ -313,15 +303,21 @@ class UNetMidBlock2DCrossAttn(Module):
     def __init__(self, config, temb_dim):
         channels = config.block_out_channels[-1]
         groups, eps = config.norm_num_groups, config.norm_eps
-        context = config.per_block(config.cross_attention_dim)[-1]
-        depth = config.per_block(config.transformer_layers_per_block)[-1]
-        self.attentions = [Transformer2DModel(channels, config.heads[-1], context, depth, config)]
+        self.attentions = spatial_transformers(config, -1, channels, 1)
         self.resnets = [ResnetBlock2D(channels, channels, temb_dim, groups, eps) for _ in range(2)]
 
     def __call__(self, x, temb, context):
         x = self.resnets[0](x, temb)
         x = self.attentions[0](x, context)
         return self.resnets[1](x, temb)
+
+
+def spatial_transformers(config, block, channels, count):
+    """`count` spatial transformers with the heads, text width and depth of down block `block`."""
+    heads = config.heads[block]
+    context_dim = config.per_block(config.cross_attention_dim)[block]
+    depth = config.per_block(config.transformer_layers_per_block)[block]
+    return [Transformer2DModel(channels, heads, context_dim, depth, config) for _ in range(count)]
 
 
 def make_down_blocks(config, temb_dim):

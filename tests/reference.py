@@ -13,18 +13,8 @@ import torch
 
 from minisd.tokenizer import CLIPTokenizer
 
-SD15_SCHEDULER = {
-    "_class_name": "PNDMScheduler",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-    "clip_sample": False,
-}
+# SD 1.5's own scheduler/scheduler_config.json
+SD15_SCHEDULER = json.loads((Path(__file__).parent / "fixtures" / "sd15_scheduler_config.json").read_text())
 
 # The real SD 1.5 sizes are the libraries' defaults, except the text encoder's (ViT-L/14).
 SD15_TEXT = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,

@@ -19,18 +19,7 @@ SAMPLE = FIXTURE["inputs/sample"]
 MODEL_OUTPUTS = FIXTURE["inputs/model_outputs"]
 NOISES = FIXTURE["inputs/noises"]
 
-SD15 = {
-    "_class_name": "PNDMScheduler",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-    "clip_sample": False,
-}
+SD15 = json.loads((Path(__file__).parent / "fixtures" / "sd15_scheduler_config.json").read_text())
 SPACINGS = ("leading", "trailing", "linspace")
 
 
