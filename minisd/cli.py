@@ -16,8 +16,8 @@ def parse_args(argv):
     parser.add_argument("prompt", help="what to draw")
     parser.add_argument("-o", "--output", default="minisd.png", help="PNG file to write (default: minisd.png)")
     parser.add_argument("--negative", default="", help="negative prompt: what to steer away from")
-    parser.add_argument("--steps", type=int, default=50, help="denoising steps (default: 50)")
-    parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default: 7.5)")
+    parser.add_argument("--steps", type=int, help="denoising steps (default: the model's, 50 for SD)")
+    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's, 7.5 for SD)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--size", type=parse_size, help="WxH in pixels, multiples of 8 (default: the model's)")
     parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), help="sampler (default: the model's own)")
@@ -45,11 +45,15 @@ def main(argv=None):
     try:
         check_output(output, args.force)
         pipe = load(args.weights or default_model_folder(), args.backend, args.dtype)
-        image = generate(pipe, args)
+        options = generation_options(pipe, args)
+        if args.init_image:
+            image = pipe.img2img(args.prompt, args.init_image, strength=args.strength, **options)
+        else:
+            image = pipe(args.prompt, **options)
     except (WeightsError, ValueError, FileNotFoundError, ImportError) as error:
         print(f"minisd: error: {error}", file=sys.stderr)
         return 2
-    image.save(output, pnginfo=png_text(args, pipe, image))
+    image.save(output, pnginfo=png_text(args, options, pipe, image))
     print(f"wrote {output}")
     return 0
 
@@ -63,22 +67,23 @@ def check_output(output, force):
         raise ValueError(f"folder {output.parent} does not exist; create it or choose another -o")
 
 
-def generate(pipe, args):
+def generation_options(pipe, args):
+    """The pipeline options from the command line; what was not given takes the model's defaults."""
     width, height = args.size or (None, None)
-    options = dict(negative_prompt=args.negative, steps=args.steps, guidance=args.guidance, seed=args.seed,
-                   height=height, width=width, scheduler=args.scheduler, eta=args.eta)  # fmt: skip
-    if args.init_image:
-        return pipe.img2img(args.prompt, args.init_image, strength=args.strength, **options)
-    return pipe(args.prompt, **options)
+    steps = pipe.defaults["steps"] if args.steps is None else args.steps
+    guidance = pipe.defaults["guidance"] if args.guidance is None else args.guidance
+    return dict(negative_prompt=args.negative, steps=steps, guidance=guidance, seed=args.seed, height=height,
+                width=width, scheduler=args.scheduler, eta=args.eta)  # fmt: skip
 
 
-def png_text(args, pipe, image):
+def png_text(args, options, pipe, image):
     """The generation parameters, stored in the PNG as text chunks."""
     info = PngInfo()
     scheduler = args.scheduler or pipe.scheduler_config.get("_class_name", "")
-    fields = {"prompt": args.prompt, "negative_prompt": args.negative, "seed": args.seed, "steps": args.steps,
-              "scheduler": scheduler, "guidance": args.guidance, "eta": args.eta, "size": f"{image.width}x{image.height}",
-              "model": pipe.name, "backend": f"{args.backend}/{args.dtype}", "software": "minisd"}  # fmt: skip
+    fields = {"prompt": args.prompt, "negative_prompt": args.negative, "seed": args.seed,
+              "steps": options["steps"], "scheduler": scheduler, "guidance": options["guidance"], "eta": args.eta,
+              "size": f"{image.width}x{image.height}", "model": pipe.name, "backend": f"{args.backend}/{args.dtype}",
+              "software": "minisd"}  # fmt: skip
     if args.init_image:
         fields.update(init_image=Path(args.init_image).name, strength=args.strength)
     for key, value in fields.items():

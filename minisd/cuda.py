@@ -7,10 +7,10 @@ the two). The .cu sources ship inside the package as `minisd.kernels`.
 
 import functools
 import math
-from importlib import resources
-from pathlib import Path
 
 import numpy
+
+from .resources import shipped_folder
 
 ATTENTION_HEAD_DIMS = (40, 64, 80, 160)
 ATTENTION_WARPS = 4  # queries per thread block, as WARPS in kernels/attention.cu
@@ -18,12 +18,8 @@ DTYPE_NAMES = {numpy.dtype("float32"): "f32", numpy.dtype("float16"): "f16"}
 
 
 def kernel_source(name):
-    """The text of kernels/<name>.cu: installed as minisd.kernels, or beside a source checkout."""
-    try:
-        folder = resources.files("minisd.kernels")
-    except ModuleNotFoundError:  # minisd imported from a checkout on PYTHONPATH, not installed
-        folder = Path(__file__).resolve().parent.parent / "kernels"
-    return (folder / f"{name}.cu").read_text()
+    """The text of kernels/<name>.cu."""
+    return (shipped_folder("minisd.kernels", "kernels") / f"{name}.cu").read_text()
 
 
 @functools.cache

@@ -45,7 +45,7 @@ def randn(generator, shape):
 
 class Pipeline:
     def __init__(self, tokenizer, text_encoder, unet, vae, scheduler_config, backend, name="model",
-                 vae_backend=None):  # fmt: skip
+                 vae_backend=None, defaults=None):  # fmt: skip
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.unet = unet
@@ -55,6 +55,9 @@ class Pipeline:
         self.vae_backend = vae_backend or backend
         self.name = name
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)  # 8 in SD
+        # what an option left at None means: the model folder's minisd.json, else SD's usual values
+        self.defaults = {"steps": 50, "guidance": 7.5, "height": self.default_size,
+                         "width": self.default_size, **(defaults or {})}  # fmt: skip
 
     @classmethod
     def from_folder(cls, path, backend):
@@ -72,6 +75,7 @@ class Pipeline:
             backend=backend,
             name=folder.resolve().name,
             vae_backend=vae_backend,
+            defaults=_folder_defaults(folder),
         )
 
     @property
@@ -81,20 +85,20 @@ class Pipeline:
 
     # ------------------------------------------------------------ public API
 
-    def __call__(self, prompt, negative_prompt="", steps=50, guidance=7.5, seed=0, height=None,
+    def __call__(self, prompt, negative_prompt="", steps=None, guidance=None, seed=0, height=None,
                  width=None, scheduler=None, eta=0.0, latents=None, progress=True):  # fmt: skip
         """Text to image: returns a PIL image."""
         loop = self.denoise(prompt, negative_prompt, steps, guidance, seed, height, width, scheduler, eta, latents)
         return self.decode(self._run(loop, progress))
 
-    def img2img(self, prompt, image, strength=0.8, negative_prompt="", steps=50, guidance=7.5, seed=0,
+    def img2img(self, prompt, image, strength=0.8, negative_prompt="", steps=None, guidance=None, seed=0,
                 height=None, width=None, scheduler=None, eta=0.0, progress=True):  # fmt: skip
         """Image to image: noise `image` up to `strength` (0 < strength <= 1), then denoise."""
         loop = self.denoise(prompt, negative_prompt, steps, guidance, seed, height, width, scheduler, eta,
                             image=image, strength=strength)  # fmt: skip
         return self.decode(self._run(loop, progress))
 
-    def denoise(self, prompt, negative_prompt="", steps=50, guidance=7.5, seed=0, height=None, width=None,
+    def denoise(self, prompt, negative_prompt="", steps=None, guidance=None, seed=0, height=None, width=None,
                 scheduler=None, eta=0.0, latents=None, image=None, strength=1.0):  # fmt: skip
         """The denoising loop as a generator of `Step`s (what __call__ and img2img consume).
 
@@ -102,6 +106,8 @@ class Pipeline:
         from the image's latents noised up to `strength` and runs only that part of the schedule.
         """
         image = Image.open(image) if isinstance(image, (str, Path)) else image
+        steps = self.defaults["steps"] if steps is None else steps
+        guidance = self.defaults["guidance"] if guidance is None else guidance
         height, width = self._check_size(height, width, image)
         _check_options(steps, eta, strength, image)
         scheduler = make_scheduler(scheduler, self.scheduler_config)
@@ -165,8 +171,8 @@ class Pipeline:
     def _check_size(self, height, width, image):
         if image is not None and height is None and width is None:
             width, height = (size - size % self.vae_scale_factor for size in image.size)
-        height = self.default_size if height is None else height
-        width = self.default_size if width is None else width
+        height = self.defaults["height"] if height is None else height
+        width = self.defaults["width"] if width is None else width
         factor = self.vae_scale_factor
         if height % factor or width % factor or height < factor or width < factor:
             raise ValueError(
@@ -199,6 +205,12 @@ class Pipeline:
 
     def _noise_like(self, generator, array):
         return self.backend.asarray(randn(generator, array.shape), dtype="float32")
+
+
+def _folder_defaults(folder):
+    """Generation defaults a model folder may carry in minisd.json ({"defaults": {"steps": ...}})."""
+    path = folder / "minisd.json"
+    return read_json(path).get("defaults") if path.exists() else None
 
 
 def _check_options(steps, eta, strength, image):

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy
 
 from .clip import CLIPTextConfig, CLIPTextModel
+from .resources import shipped_folder
 from .tokenizer import CLIPTokenizer
 from .unet import UNet2DConditionModel, UNetConfig
 from .vae import AutoencoderKL, VAEConfig
@@ -129,12 +130,19 @@ VAE_RENAMES = [  # diffusers < 0.14 names of the VAE attention layers
 ]
 
 
+EMBEDDED_MODEL = "minisd-shapes"
+
+
 def default_model_folder():
-    """The model used when no weights are given (the embedded model, once it ships)."""
-    raise WeightsError(
-        "minisd has no embedded default model yet: pass weights='path/to/model-folder' "
-        f"(a diffusers-layout Stable Diffusion folder, --weights on the command line); {HELP}"
-    )
+    """The embedded model (weights/minisd-shapes/), used when no weights are given."""
+    folder = shipped_folder("minisd.models", "weights") / EMBEDDED_MODEL
+    if not folder.joinpath("model_index.json").is_file():
+        raise WeightsError(
+            f"the embedded model {EMBEDDED_MODEL} is missing from this minisd installation: "
+            "rebuild it with python weights/training/train.py, or pass weights='path/to/model-folder'"
+            f" (--weights on the command line); {HELP}"
+        )
+    return folder
 
 
 def check_model_folder(folder):

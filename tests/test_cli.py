@@ -64,11 +64,6 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys, extra, message):
     assert message in capsys.readouterr().err
 
 
-def test_no_weights_points_to_the_readme(tmp_path, capsys):
-    assert main(["a red circle", "-o", str(tmp_path / "out.png")]) == 2
-    assert "weights/README.md" in capsys.readouterr().err
-
-
 def test_python_dash_m(tmp_path):
     output = tmp_path / "m.png"
     run = subprocess.run([sys.executable, "-m", "minisd", *ARGS, "-o", str(output)], capture_output=True, text=True)

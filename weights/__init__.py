@@ -1,0 +1,1 @@
+"""The embedded model (weights/minisd-shapes/), installed as the package `minisd.models`."""
