@@ -122,13 +122,17 @@ class CLIPTokenizer:
         return cls(vocab, [tuple(m) for m in merges], pad_id=vocab[pad])
 
     def save(self, folder) -> None:
-        """Write vocab.json + merges.txt, the layout transformers and diffusers read."""
+        """Write vocab.json, merges.txt and tokenizer_config.json, the layout transformers and
+        diffusers read (the config names the special tokens and the 77-token length)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         vocab = json.dumps(self.vocab, ensure_ascii=False)
         merges = "".join(f"{a} {b}\n" for a, b in self.merges)
+        config = {"model_max_length": self.max_length, "bos_token": BOS, "eos_token": EOS, "unk_token": EOS,
+                  "pad_token": self.id_to_token[self.pad_id]}  # fmt: skip
         (folder / "vocab.json").write_text(vocab, encoding="utf-8")
         (folder / "merges.txt").write_text("#version: 0.2\n" + merges, encoding="utf-8")
+        (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
 
     # ---- text -> pieces -> ids ----
 

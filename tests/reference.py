@@ -89,9 +89,6 @@ def save_model_folder(folder, text_encoder, unet, vae, scheduler=SD15_SCHEDULER,
     unet.save_pretrained(folder / "unet", safe_serialization=True, variant=variant)
     vae.save_pretrained(folder / "vae", safe_serialization=True, variant=variant)
     CLIPTokenizer.default().save(folder / "tokenizer")
-    tokenizer_config = {"model_max_length": 77, "pad_token": "<|endoftext|>", "bos_token": "<|startoftext|>",
-                        "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}  # as in SD 1.5's folder
-    (folder / "tokenizer" / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
     (folder / "scheduler").mkdir(exist_ok=True)
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
     index = {"_class_name": "StableDiffusionPipeline", "tokenizer": ["transformers", "CLIPTokenizer"],

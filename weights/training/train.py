@@ -341,9 +341,6 @@ def save(output, vae, text_encoder, unet, image_tower, text_projection, logit_sc
     for name, model in (("vae", vae), ("text_encoder", text_encoder), ("unet", unet)):
         model.half().save_pretrained(output / name, safe_serialization=True)
     CLIPTokenizer.default().save(output / "tokenizer")
-    (output / "tokenizer" / "tokenizer_config.json").write_text(json.dumps(
-        {"model_max_length": 77, "pad_token": "<|endoftext|>", "bos_token": "<|startoftext|>",
-         "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}, indent=2))  # fmt: skip
     (output / "scheduler").mkdir(exist_ok=True)
     (output / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER, indent=2))
     index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
