@@ -7,7 +7,7 @@ from pathlib import Path
 from PIL.PngImagePlugin import PngInfo
 
 from . import load
-from .schedulers import SCHEDULERS
+from .samplers import SCHEDULERS
 from .weights import WeightsError, default_model_folder
 
 
@@ -22,13 +22,28 @@ def parse_args(argv):
     parser.add_argument("--size", type=parse_size, help="WxH in pixels, multiples of 8 (default: the model's)")
     parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), help="sampler (default: the model's own)")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0 = deterministic)")
-    parser.add_argument("--weights", help="diffusers-layout model folder (see weights/README.md)")
+    parser.add_argument("--clip-skip", type=int, default=0, help="use the text encoder's output this many layers "
+                        "before the last, for the prompt (as diffusers' clip_skip; default: 0)")
+    parser.add_argument("--long-prompt", choices=["truncate", "chunk"], default="truncate",
+                        help="a prompt over 75 tokens: cut it (default, as diffusers) or encode it in 75-token chunks")
+    parser.add_argument("--weights", help="diffusers-layout model folder or single-file .safetensors "
+                        "(see weights/README.md)")
+    parser.add_argument("--config", action="append", type=parse_setting, metavar="KEY=VALUE",
+                        help="single-file checkpoints: correct what detection guesses, e.g. "
+                        "prediction_type=epsilon, image_size=512, family=sd2 (repeatable)")
     parser.add_argument("--init-image", help="start from this image (img2img)")
     parser.add_argument("--strength", type=float, default=0.8, help="img2img: how much to change (0, 1]")
     parser.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     parser.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
     return parser.parse_args(argv)
+
+
+def parse_setting(text):
+    key, _, value = text.partition("=")
+    if not key or not value:
+        raise argparse.ArgumentTypeError(f"--config takes KEY=VALUE, got {text!r}")
+    return key, int(value) if value.isdigit() else value
 
 
 def parse_size(text):
@@ -44,7 +59,8 @@ def main(argv=None):
     output = Path(args.output)
     try:
         check_output(output, args.force)
-        pipe = load(args.weights or default_model_folder(), args.backend, args.dtype)
+        config = dict(args.config) if args.config else None
+        pipe = load(args.weights or default_model_folder(), args.backend, args.dtype, config)
         options = generation_options(pipe, args)
         if args.init_image:
             image = pipe.img2img(args.prompt, args.init_image, strength=args.strength, **options)
@@ -73,7 +89,8 @@ def generation_options(pipe, args):
     steps = pipe.defaults["steps"] if args.steps is None else args.steps
     guidance = pipe.defaults["guidance"] if args.guidance is None else args.guidance
     return dict(negative_prompt=args.negative, steps=steps, guidance=guidance, seed=args.seed, height=height,
-                width=width, scheduler=args.scheduler, eta=args.eta)  # fmt: skip
+                width=width, scheduler=args.scheduler, eta=args.eta, clip_skip=args.clip_skip,
+                long_prompt=args.long_prompt)  # fmt: skip
 
 
 def png_text(args, options, pipe, image):
@@ -84,6 +101,10 @@ def png_text(args, options, pipe, image):
               "steps": options["steps"], "scheduler": scheduler, "guidance": options["guidance"], "eta": args.eta,
               "size": f"{image.width}x{image.height}", "model": pipe.name, "backend": f"{args.backend}/{args.dtype}",
               "software": "minisd"}  # fmt: skip
+    if args.clip_skip:
+        fields.update(clip_skip=args.clip_skip)
+    if args.long_prompt != "truncate":
+        fields.update(long_prompt=args.long_prompt)
     if args.init_image:
         fields.update(init_image=Path(args.init_image).name, strength=args.strength)
     for key, value in fields.items():

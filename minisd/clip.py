@@ -24,14 +24,21 @@ class CLIPTextConfig(Config):
 
 
 class CLIPTextModel(Module):
-    """ids (B, 77) -> last hidden state (B, 77, hidden_size), keys `text_model.*`."""
+    """ids (B, 77) -> last hidden state (B, 77, hidden_size), keys `text_model.*`.
+
+    clip_skip = k stops k layers before the last (then the final LayerNorm, as diffusers does).
+    """
 
     def __init__(self, config: CLIPTextConfig):
         self.config = config
         self.text_model = CLIPTextTransformer(config)
 
-    def __call__(self, ids):
-        return self.text_model(ids)
+    def __call__(self, ids, clip_skip=0):
+        layers = self.config.num_hidden_layers
+        if not isinstance(clip_skip, int) or not 0 <= clip_skip < layers:
+            raise ValueError(f"clip_skip must be an integer from 0 to {layers - 1} (this text encoder has "
+                             f"{layers} layers), got {clip_skip!r}")  # fmt: skip
+        return self.text_model(ids, layers - clip_skip)
 
 
 class CLIPTextTransformer(Module):
@@ -40,9 +47,9 @@ class CLIPTextTransformer(Module):
         self.encoder = CLIPEncoder(config)
         self.final_layer_norm = LayerNorm(config.hidden_size, config.layer_norm_eps)
 
-    def __call__(self, ids):
+    def __call__(self, ids, depth):
         x = self.embeddings(ids)  # (B, 77, D)
-        x = self.encoder(x, causal_mask(x, ids.shape[1]))
+        x = self.encoder(x, causal_mask(x, ids.shape[1]), depth)
         return self.final_layer_norm(x)
 
 
@@ -62,8 +69,9 @@ class CLIPEncoder(Module):
     def __init__(self, config):
         self.layers = [CLIPEncoderLayer(config) for _ in range(config.num_hidden_layers)]
 
-    def __call__(self, x, mask):
-        for layer in self.layers:
+    def __call__(self, x, mask, depth):
+        """The first `depth` layers."""
+        for layer in self.layers[:depth]:
             x = layer(x, mask)
         return x
 

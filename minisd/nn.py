@@ -6,6 +6,7 @@ parameter (`to_out.0.weight`) *is* its key in the file; `Module.named_slots` wal
 and the loader (weights.py) fills them.
 """
 
+import contextlib
 import dataclasses
 import math
 
@@ -61,6 +62,59 @@ class Module:
     def parameters(self):
         """{key: array} for every parameter, in declaration order."""
         return {key: value for key, _, _, value in self.named_slots()}
+
+    def named_modules(self, prefix=""):
+        """Yield (key, module) for every module below this one, each parent before its children."""
+        for name, value in vars(self).items():
+            if isinstance(value, Module):
+                children = [(prefix + name, value)]
+            elif isinstance(value, (list, dict)):
+                items = value.items() if isinstance(value, dict) else enumerate(value)
+                children = [(f"{prefix}{name}.{index}", child) for index, child in items if isinstance(child, Module)]
+            else:
+                continue
+            for key, child in children:
+                yield key, child
+                yield from child.named_modules(key + ".")
+
+
+@contextlib.contextmanager
+def forward_hooks(root, callback):
+    """While the `with` block runs, call `callback(key, module, args, output)` after every call
+    of a module below `root`; `key` is its checkpoint path ("down_blocks.0.resnets.1").
+
+    A window into a forward pass for the chapters (chapter 7 lists the shape of every layer and
+    draws cross-attention maps with it), in the spirit of PyTorch's forward hooks, that leaves the
+    layer code as it is: the __call__ of each module class below `root` is wrapped on entry and
+    given back on exit. Modules of those classes outside `root` (the VAE's ResNet blocks, when
+    `root` is the UNet) are not reported. Outside a `with forward_hooks(...)` block nothing changes.
+    The callback gets the arrays themselves: copy one to keep it, as the caller of a layer may
+    update its output in place (a ResNet block adds the time embedding to conv1's output).
+    """
+    modules = list(root.named_modules())
+    keys = {id(module): key for key, module in modules}
+    classes = {type(module) for _, module in modules}
+    own_calls = {cls: cls.__dict__.get("__call__") for cls in classes}  # None: inherited
+
+    def hooked(cls, call):
+        def call_and_report(self, *args, **kwargs):
+            output = call(self, *args, **kwargs)
+            if type(self) is cls and id(self) in keys:  # once per call, even through super().__call__
+                callback(keys[id(self)], self, args, output)
+            return output
+
+        return call_and_report
+
+    for cls in classes:
+        cls.__call__ = hooked(cls, cls.__call__)
+    try:
+        yield
+    finally:
+        for cls, call in own_calls.items():
+            if call is None:
+                del cls.__call__
+            else:
+                cls.__call__ = call
 
 
 def _is_array(value):
@@ -225,6 +279,18 @@ def attention(q, k, v, heads, mask=None):
             scores += mask[rows]
         out[:, :, rows] = softmax_in_place(scores).astype(v.dtype, copy=False) @ v
     return out.transpose(0, 2, 1, 3).reshape(batch, q_len, width)  # (B, Tq, heads·d)
+
+
+def attention_weights(q, k, heads):
+    """The attention probabilities softmax(Q Kᵀ / √d), one map per head: (B, heads, Tq, Tk).
+
+    The weights `attention` mixes the values with (it makes them chunk by chunk and keeps none);
+    chapter 7 draws cross-attention maps from them. q: (B, Tq, heads·d), k: (B, Tk, heads·d).
+    """
+    head_dim = q.shape[-1] // heads
+    q, k = split_heads(q, heads), split_heads(k, heads)  # (B, heads, T, d)
+    scores = ((q * (1 / math.sqrt(head_dim))) @ k.transpose(0, 1, 3, 2)).astype("float32", copy=False)
+    return softmax_in_place(scores)
 
 
 def split_heads(x, heads):

@@ -18,7 +18,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .backend import Backend
-from .schedulers import make_scheduler
+from .rng import TorchGenerator
+from .samplers import make_scheduler
+from .single_file import read_single_file
 from .weights import check_model_folder, load_component, load_tokenizer, read_json
 
 
@@ -28,18 +30,38 @@ class Step:
 
     index: int  # 0-based step number
     count: int  # how many steps the loop makes
-    timestep: int  # the scheduler's t for this step (999 … 0)
+    timestep: int | float  # the scheduler's t for this step (999 … 0; fractional for some samplers)
     latents: object  # the latents after this step, (1, 4, h, w) on the backend
     noise_pred: object  # the guided noise prediction ε at this step, (1, 4, h, w)
 
 
-def load(path, backend="numpy", dtype="float32"):
-    """Load a Stable Diffusion model folder (diffusers layout) into a Pipeline."""
-    return Pipeline.from_folder(path, Backend(backend, dtype))
+def load(path, backend="numpy", dtype="float32", config=None):
+    """Load a Stable Diffusion model into a Pipeline: a diffusers-layout folder, or one
+    single-file .safetensors checkpoint in the original layout (minisd.single_file).
+
+    config (single files only) corrects what detection guesses: {"family": "sd1" | "sd2",
+    "prediction_type": "epsilon" | "v_prediction", "image_size": 512}.
+    """
+    backend = Backend(backend, dtype)
+    if Path(path).suffix == ".safetensors" and Path(path).is_file():
+        return Pipeline(**read_single_file(path, backend, _vae_backend(backend, force_upcast=True), config))
+    if config is not None:
+        raise ValueError("config= overrides the detection of a single-file checkpoint; a model folder "
+                         "carries its own config.json files")  # fmt: skip
+    return Pipeline.from_folder(path, backend)
+
+
+def _vae_backend(backend, force_upcast):
+    """The VAE's backend: float32 when the rest runs in float16, as diffusers does (it overflows)."""
+    return backend.with_dtype("float32") if backend.dtype == numpy.float16 and force_upcast else backend
 
 
 def randn(generator, shape):
-    """Standard normal noise drawn on the CPU, so one seed gives one picture on every backend."""
+    """Standard normal noise drawn on the CPU, so one seed gives one picture on every backend.
+
+    The generator is PyTorch's, repeated in NumPy (minisd.rng): seed s gives the noise that
+    diffusers draws with torch.Generator("cpu").manual_seed(s), so the same picture.
+    """
     return generator.standard_normal(shape, dtype=numpy.float32)
 
 
@@ -63,9 +85,7 @@ class Pipeline:
     def from_folder(cls, path, backend):
         check_model_folder(path)
         folder = Path(path)
-        vae_backend = backend
-        if backend.dtype == numpy.float16 and read_json(folder / "vae" / "config.json").get("force_upcast", True):
-            vae_backend = backend.with_dtype("float32")  # as diffusers does: the VAE overflows in fp16
+        vae_backend = _vae_backend(backend, read_json(folder / "vae" / "config.json").get("force_upcast", True))
         return cls(
             tokenizer=load_tokenizer(folder),
             text_encoder=load_component(folder, "text_encoder", backend),
@@ -86,24 +106,27 @@ class Pipeline:
     # ------------------------------------------------------------ public API
 
     def __call__(self, prompt, negative_prompt="", steps=None, guidance=None, seed=0, height=None,
-                 width=None, scheduler=None, eta=0.0, latents=None, progress=True):  # fmt: skip
-        """Text to image: returns a PIL image."""
-        loop = self.denoise(prompt, negative_prompt, steps, guidance, seed, height, width, scheduler, eta, latents)
+                 width=None, scheduler=None, eta=0.0, latents=None, progress=True, **text_options):  # fmt: skip
+        """Text to image: returns a PIL image. text_options: clip_skip, long_prompt (encode_prompt)."""
+        loop = self.denoise(prompt, negative_prompt, steps, guidance, seed, height, width, scheduler, eta, latents,
+                            **text_options)  # fmt: skip
         return self.decode(self._run(loop, progress))
 
     def img2img(self, prompt, image, strength=0.8, negative_prompt="", steps=None, guidance=None, seed=0,
-                height=None, width=None, scheduler=None, eta=0.0, progress=True):  # fmt: skip
+                height=None, width=None, scheduler=None, eta=0.0, progress=True, **text_options):  # fmt: skip
         """Image to image: noise `image` up to `strength` (0 < strength <= 1), then denoise."""
         loop = self.denoise(prompt, negative_prompt, steps, guidance, seed, height, width, scheduler, eta,
-                            image=image, strength=strength)  # fmt: skip
+                            image=image, strength=strength, **text_options)  # fmt: skip
         return self.decode(self._run(loop, progress))
 
     def denoise(self, prompt, negative_prompt="", steps=None, guidance=None, seed=0, height=None, width=None,
-                scheduler=None, eta=0.0, latents=None, image=None, strength=1.0):  # fmt: skip
+                scheduler=None, eta=0.0, latents=None, image=None, strength=1.0, clip_skip=0,
+                long_prompt="truncate"):  # fmt: skip
         """The denoising loop as a generator of `Step`s (what __call__ and img2img consume).
 
         Text to image starts from pure noise (or the given `latents`); with `image`, it starts
         from the image's latents noised up to `strength` and runs only that part of the schedule.
+        clip_skip and long_prompt choose how the prompt is encoded (see encode_prompt).
         """
         image = Image.open(image) if isinstance(image, (str, Path)) else image
         steps = self.defaults["steps"] if steps is None else steps
@@ -112,26 +135,48 @@ class Pipeline:
         _check_options(steps, eta, strength, image)
         scheduler = make_scheduler(scheduler, self.scheduler_config)
         scheduler.set_timesteps(steps)
-        generator = numpy.random.default_rng(seed)
-        context = self.encode_prompt(prompt, negative_prompt, guidance)
+        generator = TorchGenerator(seed)
+        context = self.encode_prompt(prompt, negative_prompt, guidance, clip_skip, long_prompt)
         if image is None:
             timesteps = scheduler.timesteps
             latents = self._initial_latents(generator, latents, height, width) * scheduler.init_noise_sigma
         else:
             timesteps = _img2img_timesteps(scheduler.timesteps, steps, strength, scheduler.order)
+            scheduler.set_begin_index(len(scheduler.timesteps) - len(timesteps))
             latents = self._noised_image_latents(generator, image, height, width, scheduler, timesteps[0])
         for index, t in enumerate(timesteps):
+            # fresh noise for this step (DDIM with eta > 0, Euler a, DDPM), drawn in diffusers' order
+            noise = self._noise_like(generator, latents) if scheduler.needs_noise(t, eta) else None
             noise_pred = self.predict_noise(scheduler.scale_model_input(latents, t), t, context, guidance)
-            noise = self._noise_like(generator, latents) if eta > 0 else None
             latents = scheduler.step(noise_pred, t, latents, eta=eta, noise=noise)
-            yield Step(index, len(timesteps), int(t), latents, noise_pred)
+            yield Step(index, len(timesteps), t.item(), latents, noise_pred)
 
-    def encode_prompt(self, prompt, negative_prompt="", guidance=7.5):
-        """Prompt -> text embeddings (1, 77, D); with guidance > 1, [negative; prompt] (2, 77, D)."""
-        _warn_if_truncated(self.tokenizer, prompt)
-        texts = [negative_prompt, prompt] if guidance > 1 else [prompt]
-        ids = self.backend.asarray(self.tokenizer.encode(texts), dtype="int64")
-        return self.text_encoder(ids)
+    def encode_prompt(self, prompt, negative_prompt="", guidance=7.5, clip_skip=0, long_prompt="truncate"):
+        """Prompt -> text embeddings (1, 77, D); with guidance > 1, [negative; prompt] (2, 77, D).
+
+        clip_skip = k takes the prompt's vectors k layers before the last; like diffusers, not the
+        negative prompt's. long_prompt="chunk" encodes a prompt of more than 75 tokens in chunks of
+        75, each with its own BOS/EOS, and concatenates them: (.., 77 * chunks, D); the default
+        "truncate" keeps the first 75 tokens (with a warning), as diffusers does.
+        """
+        if long_prompt == "truncate":
+            _warn_if_truncated(self.tokenizer, prompt)
+            ids = [self.tokenizer.encode(text) for text in (negative_prompt, prompt)]
+        elif long_prompt == "chunk":
+            count = max(len(self.tokenizer.encode_chunks(text)) for text in (negative_prompt, prompt))
+            ids = [self.tokenizer.encode_chunks(text, count) for text in (negative_prompt, prompt)]
+        else:
+            raise ValueError(f"long_prompt must be 'truncate' or 'chunk', got {long_prompt!r}")
+        negative_ids, prompt_ids = ids
+        text = self._text_vectors(prompt_ids, clip_skip)
+        if guidance <= 1:
+            return text
+        return self.backend.xp.concatenate([self._text_vectors(negative_ids), text])
+
+    def _text_vectors(self, ids, clip_skip=0):
+        """(chunks, 77) token ids -> (1, 77 * chunks, D) text vectors."""
+        vectors = self.text_encoder(self.backend.asarray(ids, dtype="int64"), clip_skip)
+        return vectors.reshape(1, -1, vectors.shape[-1])
 
     def predict_noise(self, latents, t, context, guidance):
         """The UNet's noise estimate, with classifier-free guidance when the context has 2 rows.

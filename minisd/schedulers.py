@@ -7,18 +7,22 @@ each timestep t a beta_t; alpha_bar_t = prod_{s<=t} (1 - beta_s) says how much s
 
 At inference a scheduler picks N of those timesteps and, after each UNet call, makes one
 *denoising step*: from the latents x_t and the predicted noise it computes the less noisy latents
-of the previous timestep. Two samplers, both matching diffusers to float32 rounding:
+of the previous timestep. Three samplers here, each matching diffusers to float32 rounding:
 
 - PNDMScheduler (PLMS, the SD 1.x default) reuses past noise predictions (linear multistep).
 - DDIMScheduler predicts x_0, then re-noises it to the previous level; eta > 0 adds fresh noise.
+- DDPMScheduler samples the posterior q(x_prev | x_t, x_0): fresh noise at every step.
 
-Both are built from a checkpoint's scheduler_config.json dict. The schedule tables live on the
-host (NumPy, float32); the step touches the latents only with arithmetic operators and float32
-scalars, so latents may be NumPy or CuPy arrays.
+The samplers that work in sigma space (Euler, DPM-Solver++, LMS, Heun) are in samplers.py, with
+the table of every sampler by name. All are built from a checkpoint's scheduler_config.json dict.
+The schedule tables live on the host (NumPy, float32); the step touches the latents only with
+arithmetic operators and float32 scalars, so latents may be NumPy or CuPy arrays.
 """
 
+import itertools
 import math
 from dataclasses import dataclass, fields
+from typing import ClassVar
 
 import numpy as np
 
@@ -32,37 +36,41 @@ TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """Fields of scheduler_config.json shared by both samplers, with diffusers' defaults."""
+    """Fields of scheduler_config.json shared by every sampler, with diffusers' defaults."""
 
     num_train_timesteps: int = 1000
     beta_start: float = 0.0001
     beta_end: float = 0.02
     beta_schedule: str = "linear"
     trained_betas: list | None = None
-    set_alpha_to_one: bool = False
     prediction_type: str = "epsilon"
     timestep_spacing: str = "leading"
     steps_offset: int = 0
 
     @classmethod
     def from_dict(cls, config):
-        """Read the keys this class knows; absent keys keep its defaults, unknown keys are ignored.
-
-        diffusers lists the keys a scheduler filled from its own defaults in
-        `_use_default_values` and drops them when another class is built from that config.
-        """
-        if not isinstance(config, dict):
-            raise TypeError(
-                f"scheduler config must be a dict (json.load of scheduler_config.json), "
-                f"got {type(config).__name__}"
-            )
-        defaulted = set(config.get("_use_default_values", ()))
+        """Read the keys this class knows; absent keys keep its defaults, unknown keys are ignored."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in config.items() if k in known and k not in defaulted})
+        return cls(**{k: v for k, v in explicit_keys(config).items() if k in known})
+
+
+def explicit_keys(config):
+    """The keys a scheduler_config.json dict sets itself.
+
+    diffusers lists the keys a scheduler filled from its own defaults in `_use_default_values`
+    and drops them when another class is built from that config.
+    """
+    if not isinstance(config, dict):
+        raise TypeError(
+            f"scheduler config must be a dict (json.load of scheduler_config.json), got {type(config).__name__}"
+        )
+    defaulted = set(config.get("_use_default_values", ()))
+    return {k: v for k, v in config.items() if k not in defaulted}
 
 
 @dataclass(frozen=True)
 class PNDMConfig(ScheduleConfig):
+    set_alpha_to_one: bool = False
     skip_prk_steps: bool = False
 
 
@@ -71,7 +79,13 @@ class DDIMConfig(ScheduleConfig):
     set_alpha_to_one: bool = True
     clip_sample: bool = True
     clip_sample_range: float = 1.0
-    thresholding: bool = False
+    rescale_betas_zero_snr: bool = False
+
+
+@dataclass(frozen=True)
+class DDPMConfig(ScheduleConfig):
+    clip_sample: bool = True
+    clip_sample_range: float = 1.0
     rescale_betas_zero_snr: bool = False
 
 
@@ -95,7 +109,7 @@ def make_betas(config):
             f"unknown beta_schedule {config.beta_schedule!r}: choose one of "
             f"{', '.join(BETA_SCHEDULES)}, or give trained_betas"
         )
-    if getattr(config, "rescale_betas_zero_snr", False):  # a DDIM option
+    if getattr(config, "rescale_betas_zero_snr", False):  # DDIM, DDPM, Euler (a), DPM-Solver
         betas = rescale_zero_terminal_snr(betas)
     return betas
 
@@ -162,43 +176,54 @@ def spaced_timesteps(num_inference_steps, config):
 
 
 class _Scheduler:
-    """What both samplers share: the noise schedule, timesteps, add_noise."""
+    """What every sampler shares: the noise schedule, the checks, the hooks the pipeline calls."""
 
     config_class = ScheduleConfig
     prediction_types = ("epsilon", "v_prediction")
+    # options diffusers offers that minisd does not implement: key -> the one value it supports
+    unsupported: ClassVar[dict] = {}
     init_noise_sigma = 1.0  # the first latents are plain N(0, 1) noise
     order = 1  # one UNet call per entry of `timesteps`
 
     def __init__(self, config):
         self.config = self.config_class.from_dict(config)
+        self._check_supported(explicit_keys(config))
         _check_choice("prediction_type", self.config.prediction_type, self.prediction_types)
         _check_choice("timestep_spacing", self.config.timestep_spacing, TIMESTEP_SPACINGS)
         self.betas = make_betas(self.config)
         self.alphas_cumprod = alphas_cumprod(self.betas)
-        # alpha_bar "before" timestep 0, used by the last step
-        self.final_alpha_cumprod = (
-            np.float32(1.0) if self.config.set_alpha_to_one else self.alphas_cumprod[0]
-        )
         self.num_inference_steps = None
         self.timesteps = None
 
-    def _spaced_timesteps(self, num_inference_steps):
-        """Check N, remember the jump T // N that every step makes, return the N timesteps."""
+    def _check_supported(self, config):
+        for key, supported in self.unsupported.items():
+            value = config.get(key, supported)
+            if value != supported:
+                raise ValueError(
+                    f"{type(self).__name__} in minisd does not support {key}={value!r}, only "
+                    f"{supported!r}: choose another scheduler, or set {key} to {supported!r} in the "
+                    "scheduler config"
+                )
+
+    def _check_steps(self, num_inference_steps):
         T = self.config.num_train_timesteps
         if not 1 <= num_inference_steps <= T:
             raise ValueError(
-                f"num_inference_steps must be between 1 and num_train_timesteps={T}, "
-                f"got {num_inference_steps}"
+                f"num_inference_steps must be between 1 and num_train_timesteps={T}, got {num_inference_steps}"
             )
         self.num_inference_steps = num_inference_steps
-        # Both samplers step from t to t - T//N whatever the spacing, as diffusers does.
-        self.step_ratio = T // num_inference_steps
+
+    def _spaced_timesteps(self, num_inference_steps):
+        """Check N, remember the jump T // N that every step makes, return the N timesteps."""
+        self._check_steps(num_inference_steps)
+        # PNDM and DDIM step from t to t - T//N whatever the spacing, as diffusers does.
+        self.step_ratio = self.config.num_train_timesteps // num_inference_steps
         return spaced_timesteps(num_inference_steps, self.config)
 
     def _alpha_bar(self, t):
         """alpha_bar_t as a float32 scalar; t < 0 means "after the last step"."""
-        if t < 0:
-            return self.final_alpha_cumprod
+        if t < 0:  # 1 (clean latents), or alpha_bar_0 with set_alpha_to_one=False
+            return np.float32(1.0) if self.config.set_alpha_to_one else self.alphas_cumprod[0]
         if t >= len(self.alphas_cumprod):
             raise ValueError(
                 f"timestep {t} is past the noise schedule (0..{len(self.alphas_cumprod) - 1}): "
@@ -211,8 +236,26 @@ class _Scheduler:
         if self.timesteps is None:
             raise ValueError("call set_timesteps(num_inference_steps) before step()")
 
+    def needs_noise(self, timestep, eta=0.0):
+        """Whether step() at `timestep` adds fresh noise; the caller then passes `noise=`, a
+        standard normal array shaped like the latents (the pipeline draws it from the seed)."""
+        self._check_no_eta(eta)
+        return False
+
+    def _check_no_eta(self, eta):
+        if eta != 0:
+            raise ValueError(
+                f"eta={eta} needs scheduler 'ddim' (eta is DDIM's noise level); "
+                f"{type(self).__name__} takes no eta: leave it at 0"
+            )
+
+    def set_begin_index(self, index):
+        """img2img starts the loop at timesteps[index]. PNDM, DDIM and DDPM need not know (they
+        read the timestep; PNDM counts its calls from 0, as diffusers does); the sigma samplers,
+        which count their steps, override this."""
+
     def scale_model_input(self, sample, timestep):
-        """The UNet input at this timestep: the latents themselves for PNDM and DDIM."""
+        """The UNet input at this timestep: the latents themselves for PNDM, DDIM and DDPM."""
         return sample
 
     def add_noise(self, original, noise, timestep):
@@ -241,8 +284,7 @@ class PNDMScheduler(_Scheduler):
         else:
             if num_inference_steps < 4:
                 raise ValueError(
-                    f"the Runge-Kutta warm-up (skip_prk_steps=False) needs at least 4 steps, "
-                    f"got {num_inference_steps}"
+                    f"the Runge-Kutta warm-up (skip_prk_steps=False) needs at least 4 steps, got {num_inference_steps}"
                 )
             self.timesteps = np.concatenate([self._runge_kutta_timesteps(grid), grid[3:]])
             self._runge_kutta_calls = 12
@@ -254,13 +296,12 @@ class PNDMScheduler(_Scheduler):
     def _runge_kutta_timesteps(self, grid):
         """Three RK4 steps t -> t_next, each called at t, the midpoint twice, then t_next."""
         half = self.step_ratio // 2
-        steps = [[t, t_next + half, t_next + half, t_next] for t, t_next in zip(grid, grid[1:4])]
+        steps = [[t, t_next + half, t_next + half, t_next] for t, t_next in itertools.pairwise(grid[:4])]
         return np.array(steps, dtype=np.int64).ravel()
 
     def step(self, model_output, timestep, sample, eta=0.0, noise=None):
         """One denoising step: latents at `timestep` -> latents at the next entry of `timesteps`."""
-        if eta != 0:
-            raise ValueError(f"eta={eta} needs scheduler 'ddim'; PNDM is deterministic (eta=0)")
+        self._check_no_eta(eta)
         self._check_ready()
         t = int(timestep)
         if self._calls < self._runge_kutta_calls:
@@ -338,17 +379,13 @@ class DDIMScheduler(_Scheduler):
 
     config_class = DDIMConfig
     prediction_types = ("epsilon", "v_prediction", "sample")
-
-    def __init__(self, config):
-        super().__init__(config)
-        if self.config.thresholding:
-            raise ValueError(
-                "thresholding=True (dynamic thresholding, for pixel-space models) is not "
-                "supported: set thresholding to false in the scheduler config"
-            )
+    unsupported: ClassVar[dict] = {"thresholding": False}  # dynamic thresholding is for pixel-space models
 
     def set_timesteps(self, num_inference_steps):
         self.timesteps = self._spaced_timesteps(num_inference_steps)
+
+    def needs_noise(self, timestep, eta=0.0):
+        return eta > 0
 
     def step(self, model_output, timestep, sample, eta=0.0, noise=None):
         """One denoising step: latents at `timestep` -> latents T//N timesteps earlier.
@@ -358,18 +395,13 @@ class DDIMScheduler(_Scheduler):
         self._check_ready()
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
-        if eta > 0 and noise is None:
-            raise ValueError(
-                f"DDIM with eta={eta} adds fresh noise every step: pass noise=, a standard "
-                "normal array shaped like sample"
-            )
+        if eta > 0:
+            require_noise(noise, f"DDIM with eta={eta} adds fresh noise every step")
         t = int(timestep)
         a_t, a_prev = self._alpha_bar(t), self._alpha_bar(t - self.step_ratio)
         b_t = 1 - a_t
-        x0, noise_pred = self._predict_x0_and_noise(model_output, sample, a_t, b_t)
-        if self.config.clip_sample:
-            limit = self.config.clip_sample_range
-            x0 = x0.clip(-limit, limit)
+        x0, noise_pred = predict_x0_and_noise(self.config.prediction_type, model_output, sample, a_t)
+        x0 = clip_x0(x0, self.config)
         variance = (1 - a_prev) / b_t * (1 - a_t / a_prev)  # formula (16)
         sigma = eta * np.sqrt(variance)
         direction = np.sqrt(1 - a_prev - sigma * sigma) * noise_pred
@@ -378,40 +410,90 @@ class DDIMScheduler(_Scheduler):
             prev_sample = prev_sample + sigma * noise
         return prev_sample
 
-    def _predict_x0_and_noise(self, model_output, sample, a_t, b_t):
-        """The clean latents x_0 and the noise in x_t = sqrt(a_t) x_0 + sqrt(1-a_t) noise."""
-        kind = self.config.prediction_type
-        if kind == "epsilon":
-            return (sample - np.sqrt(b_t) * model_output) / np.sqrt(a_t), model_output
-        if kind == "sample":
-            return model_output, (sample - np.sqrt(a_t) * model_output) / np.sqrt(b_t)
-        # v_prediction: v = sqrt(a_t) noise - sqrt(1-a_t) x_0
-        x0 = np.sqrt(a_t) * sample - np.sqrt(b_t) * model_output
-        return x0, np.sqrt(a_t) * model_output + np.sqrt(b_t) * sample
+
+class DDPMScheduler(_Scheduler):
+    """Denoising diffusion probabilistic models (DDPM, Ho et al. 2020).
+
+    Each step predicts the clean latents x_0, then samples the forward process's posterior
+    q(x_prev | x_t, x_0), formulas (6) and (7) of the paper, where x_prev is at the next entry
+    t' of `timesteps` (or is the clean end after the last one), a = alpha_bar_t, a' = alpha_bar_t':
+
+        x_prev = sqrt(a') beta / (1 - a) x_0 + sqrt(alpha) (1 - a') / (1 - a) x_t + sigma z,
+        alpha = a / a',  beta = 1 - alpha,  sigma^2 = (1 - a') / (1 - a) beta  ("fixed_small").
+
+    Fresh noise z at every step, except at t = 0.
+    """
+
+    config_class = DDPMConfig
+    prediction_types = ("epsilon", "v_prediction", "sample")
+    unsupported: ClassVar[dict] = {"variance_type": "fixed_small", "thresholding": False}
+
+    def set_timesteps(self, num_inference_steps):
+        self._check_steps(num_inference_steps)
+        self.timesteps = spaced_timesteps(num_inference_steps, self.config)
+
+    def needs_noise(self, timestep, eta=0.0):
+        self._check_no_eta(eta)
+        return timestep > 0
+
+    def step(self, model_output, timestep, sample, eta=0.0, noise=None):
+        """One denoising step: latents at `timestep` -> latents at the next entry of `timesteps`.
+
+        At every timestep but 0 it needs `noise`: a standard normal array shaped like `sample`.
+        """
+        self._check_no_eta(eta)
+        self._check_ready()
+        t = int(timestep)
+        t_prev = self._previous_timestep(t)
+        a_t = self._alpha_bar(t)
+        a_prev = self._alpha_bar(t_prev) if t_prev >= 0 else np.float32(1.0)
+        b_t, b_prev = 1 - a_t, 1 - a_prev
+        alpha = a_t / a_prev
+        beta = 1 - alpha
+        x0, _ = predict_x0_and_noise(self.config.prediction_type, model_output, sample, a_t)
+        x0 = clip_x0(x0, self.config)
+        x0_coeff = np.sqrt(a_prev) * beta / b_t
+        sample_coeff = np.sqrt(alpha) * b_prev / b_t
+        mean = x0_coeff * x0 + sample_coeff * sample
+        if t == 0:
+            return mean
+        require_noise(noise, f"DDPM adds fresh noise at timestep {t}")
+        variance = np.maximum(b_prev / b_t * beta, np.float32(1e-20))
+        return mean + np.sqrt(variance) * noise
+
+    def _previous_timestep(self, t):
+        """The entry after t in `timesteps`, or -1 after the last one."""
+        (where,) = np.nonzero(self.timesteps == t)
+        if len(where) == 0:
+            raise ValueError(f"timestep {t} is not one of this scheduler's timesteps: step through .timesteps")
+        i = where[0] + 1
+        return int(self.timesteps[i]) if i < len(self.timesteps) else -1
+
+
+def predict_x0_and_noise(prediction_type, model_output, sample, a_t):
+    """The clean latents x_0 and the noise in x_t = sqrt(a_t) x_0 + sqrt(1-a_t) noise."""
+    b_t = 1 - a_t
+    if prediction_type == "epsilon":
+        return (sample - np.sqrt(b_t) * model_output) / np.sqrt(a_t), model_output
+    if prediction_type == "sample":
+        return model_output, (sample - np.sqrt(a_t) * model_output) / np.sqrt(b_t)
+    # v_prediction: v = sqrt(a_t) noise - sqrt(1-a_t) x_0
+    x0 = np.sqrt(a_t) * sample - np.sqrt(b_t) * model_output
+    return x0, np.sqrt(a_t) * model_output + np.sqrt(b_t) * sample
+
+
+def clip_x0(x0, config):
+    """The predicted clean latents clipped to [-r, r] when the config asks (clip_sample)."""
+    if not config.clip_sample:
+        return x0
+    return x0.clip(-config.clip_sample_range, config.clip_sample_range)
+
+
+def require_noise(noise, reason):
+    if noise is None:
+        raise ValueError(f"{reason}: pass noise=, a standard normal array shaped like sample")
 
 
 def _check_choice(key, value, choices):
     if value not in choices:
         raise ValueError(f"unsupported {key} {value!r}: choose one of {', '.join(choices)}")
-
-
-SCHEDULERS = {"pndm": PNDMScheduler, "ddim": DDIMScheduler}
-
-
-def make_scheduler(name, config):
-    """Build scheduler `name` ("pndm" or "ddim") from a scheduler_config.json dict.
-
-    name=None builds the class the config names in `_class_name`.
-    """
-    if name is None:
-        by_class = {cls.__name__: key for key, cls in SCHEDULERS.items()}
-        class_name = config.get("_class_name")
-        if class_name not in by_class:
-            raise ValueError(
-                f"the scheduler config names {class_name!r}, which minisd does not implement: "
-                f"choose a scheduler name, one of {', '.join(SCHEDULERS)}"
-            )
-        name = by_class[class_name]
-    if name not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler {name!r}: choose one of {', '.join(SCHEDULERS)}")
-    return SCHEDULERS[name](config)

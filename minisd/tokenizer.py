@@ -170,9 +170,24 @@ class CLIPTokenizer:
         """Prompts -> (B, 77) int64 ids: BOS, the first 75 tokens, EOS, then pad_id."""
         if isinstance(texts, str):
             texts = [texts]
-        ids = np.full((len(texts), self.max_length), self.pad_id, dtype=np.int64)
-        for row, text in zip(ids, texts):
-            tokens = [self.bos_id, *self.token_ids(text)[: self.max_length - 2], self.eos_id]
+        return self.rows([self.token_ids(text)[: self.max_length - 2] for text in texts])
+
+    def encode_chunks(self, text: str, count: int | None = None) -> np.ndarray:
+        """A long prompt -> (count, 77) ids: 75-token chunks, each a row with its own BOS/EOS.
+
+        count defaults to as many chunks as the prompt needs (at least 1); more gives empty rows.
+        """
+        ids, size = self.token_ids(text), self.max_length - 2
+        count = count or max(1, -(-len(ids) // size))
+        if len(ids) > count * size:
+            raise ValueError(f"the prompt needs {-(-len(ids) // size)} chunks of {size} tokens, not {count}")
+        return self.rows([ids[i * size : (i + 1) * size] for i in range(count)])
+
+    def rows(self, token_lists: list[list[int]]) -> np.ndarray:
+        """Lists of at most 75 ids -> (B, 77) int64: BOS, the ids, EOS, then pad_id."""
+        ids = np.full((len(token_lists), self.max_length), self.pad_id, dtype=np.int64)
+        for row, tokens in zip(ids, token_lists):
+            tokens = [self.bos_id, *tokens, self.eos_id]
             row[: len(tokens)] = tokens
         return ids
 

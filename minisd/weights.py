@@ -152,8 +152,9 @@ def check_model_folder(folder):
         raise WeightsError(f"model folder {folder} does not exist; {HELP}")
     if folder.is_file():
         raise WeightsError(
-            f"{folder} is a single file; minisd reads the diffusers folder layout "
-            f"(model_index.json, tokenizer/, text_encoder/, unet/, vae/, scheduler/); {HELP}"
+            f"{folder} is neither a model folder (diffusers layout: model_index.json, tokenizer/, "
+            "text_encoder/, unet/, vae/, scheduler/) nor a single-file .safetensors checkpoint; "
+            f".ckpt and other PyTorch pickles can run arbitrary code, so minisd refuses them; {HELP}"
         )
     needed = ["model_index.json", "text_encoder/config.json", "unet/config.json",
               "vae/config.json", "scheduler/scheduler_config.json"]  # fmt: skip

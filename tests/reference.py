@@ -29,6 +29,17 @@ SD15_VAE = dict(
     sample_size=512,
 )
 
+# SD 2.1 (768x768, v-prediction): OpenCLIP ViT-H text tower cut to its penultimate layer (23 of
+# 24, exact GELU, width 1024), linear proj_in/proj_out and 64-wide heads (5, 10, 20, 20 heads).
+SD21_TEXT = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
+                 max_position_embeddings=77, hidden_act="gelu", vocab_size=49408, projection_dim=512)  # fmt: skip
+SD21_UNET = dict(sample_size=96, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
+                 use_linear_projection=True, upcast_attention=True)  # fmt: skip
+SD21_SCHEDULER = {"_class_name": "DDIMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
+                  "beta_schedule": "scaled_linear", "clip_sample": False, "num_train_timesteps": 1000,
+                  "prediction_type": "v_prediction", "set_alpha_to_one": False, "skip_prk_steps": True,
+                  "steps_offset": 1, "trained_betas": None}  # fmt: skip
+
 # A tiny model of the same family, for whole-pipeline tests (diffusers' own tests use similar).
 TINY_TEXT = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=5, num_attention_heads=4,
                  max_position_embeddings=77, hidden_act="quick_gelu", vocab_size=49408, projection_dim=32)  # fmt: skip

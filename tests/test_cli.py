@@ -70,3 +70,18 @@ def test_python_dash_m(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "denoising" in run.stderr  # the tqdm progress bar
     assert Image.open(output).text["prompt"] == "a red circle"
+
+
+def test_text_options_are_recorded(tmp_path):
+    output = tmp_path / "out.png"
+    assert main([*ARGS, "-o", str(output), "--clip-skip", "1", "--long-prompt", "chunk"]) == 0
+    image = Image.open(output)
+    assert image.text["clip_skip"] == "1" and image.text["long_prompt"] == "chunk"
+
+
+def test_config_is_for_single_files(tmp_path, capsys):
+    assert main([*ARGS, "-o", str(tmp_path / "out.png"), "--config", "prediction_type=epsilon"]) == 2
+    assert "carries its own config.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*ARGS, "--config", "prediction_type"])
+    assert "--config takes KEY=VALUE" in capsys.readouterr().err

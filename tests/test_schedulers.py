@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minisd.schedulers import DDIMScheduler, PNDMScheduler, make_scheduler
+from minisd.samplers import make_scheduler
+from minisd.schedulers import DDIMScheduler, PNDMScheduler
 
 FIXTURE = np.load(Path(__file__).parent / "fixtures" / "schedulers.npz")
 CASES = json.loads(str(FIXTURE["cases"]))
@@ -65,7 +66,7 @@ def test_alphas_cumprod_closed_form(schedule):
     elif schedule == "linear":
         want = np.cumprod(1 - np.linspace(0.00085, 0.012, T))
     else:  # telescoping product: alpha_bar_t = f((t+1)/T) / f(0); the last beta is capped
-        f = lambda s: math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+        f = lambda s: math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
         want = np.array([f((t + 1) / T) / f(0) for t in range(T - 1)])
     for scheduler in (PNDMScheduler(config), DDIMScheduler(config)):
         got = scheduler.alphas_cumprod
@@ -118,8 +119,8 @@ def test_add_noise():
     [
         (lambda: make_scheduler("pndm", SD15).set_timesteps(0), "between 1 and"),
         (lambda: make_scheduler("ddim", SD15).set_timesteps(1001), "between 1 and"),
-        (lambda: make_scheduler("euler", SD15), "choose one of pndm, ddim"),
-        (lambda: make_scheduler(None, {**SD15, "_class_name": "EulerDiscreteScheduler"}), "pndm, ddim"),
+        (lambda: make_scheduler("unipc", SD15), "unknown scheduler 'unipc': choose one of pndm, ddim, ddpm, euler"),
+        (lambda: make_scheduler(None, {**SD15, "_class_name": "UniPCMultistepScheduler"}), "pndm, ddim"),
         (lambda: _ready("pndm").step(MODEL_OUTPUTS[0], 981, SAMPLE, eta=0.5), "needs scheduler 'ddim'"),
         (lambda: _ready("ddim").step(MODEL_OUTPUTS[0], 981, SAMPLE, eta=0.5), "pass noise="),
         (lambda: make_scheduler("ddim", SD15).step(MODEL_OUTPUTS[0], 981, SAMPLE), "set_timesteps"),
@@ -167,7 +168,7 @@ def reference_denoise(scheduler, eta, model_outputs, noises):
         kwargs = {}
         if "DDIM" in type(scheduler).__name__:
             noise = torch.from_numpy(noises[i]) if eta > 0 else None
-            kwargs = dict(eta=eta, variance_noise=noise)
+            kwargs = {"eta": eta, "variance_noise": noise}
         x = scheduler.step(torch.from_numpy(model_outputs[i]), t, x, **kwargs).prev_sample
         samples.append(x.numpy().copy())
     return np.stack(samples)
@@ -254,10 +255,7 @@ def test_live_config_from_diffusers_object(diffusers):
         },
         {"trained_betas": np.linspace(0.0001, 0.03, 1000).tolist()},
     ],
-    ids=[
-        "clip", "clip_range_alpha_one", "sample_prediction", "linear", "cosine", "zero_snr",
-        "trained_betas",
-    ],
+    ids=["clip", "clip_range_alpha_one", "sample_prediction", "linear", "cosine", "zero_snr", "trained_betas"],
 )
 @pytest.mark.parametrize("eta", [0.0, 0.7])
 def test_live_ddim_options(diffusers, overrides, eta):

@@ -1,7 +1,7 @@
 """Train minisd's embedded model from scratch: a tiny Stable Diffusion of coloured shapes.
 
     pip install -e '.[reference]'
-    OMP_WAIT_POLICY=PASSIVE python weights/training/train.py        # ~50 min on 2 CPU cores
+    OMP_WAIT_POLICY=PASSIVE python weights/training/train.py        # ~70 min on 2 CPU cores
     OMP_WAIT_POLICY=PASSIVE python weights/training/train.py --hold-out   # the composition experiment
 
 Three stages, as the article tells the story, each checkpointed so an interrupted run resumes
@@ -29,7 +29,7 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,7 @@ class Run:
     combinations: list  # the (colour, shape, background) triples CLIP and the UNet see
     output: Path  # the model folder it writes
     checkpoints: Path  # where it saves and resumes
+    minutes: dict = field(default_factory=dict)  # training time of each stage, resumed runs included
 
 
 MAIN_RUN = Run(COMBINATIONS, ROOT / "weights" / "minisd-shapes", HERE / "checkpoints")
@@ -60,7 +61,7 @@ HELD_OUT_RUN = Run([c for c in COMBINATIONS if c not in HELD_OUT], HERE / "held-
 IMAGES_PER_COMBINATION = 160
 VAE_STEPS, VAE_BATCH = 4000, 16
 CLIP_STEPS = 1500
-UNET_STEPS, UNET_BATCH = 2400, 64
+UNET_STEPS, UNET_BATCH = 4800, 64
 SCHEDULER = {  # zero-terminal-SNR v-prediction, sampled with trailing DDIM: clean black/white
     "_class_name": "DDIMScheduler",
     "num_train_timesteps": 1000,
@@ -129,9 +130,9 @@ def caption_table(combinations):
 
 
 def load_checkpoint(path, modules, optimizer, generator):
-    """Restore modules, optimizer and RNG states; return the step to continue from (0 if none)."""
+    """Restore modules, optimizer and RNG states: (step to continue from, seconds spent so far)."""
     if not path.exists():
-        return 0
+        return 0, 0.0
     state = torch.load(path, weights_only=False)
     for name, module in modules.items():
         module.load_state_dict(state["modules"][name])
@@ -139,12 +140,12 @@ def load_checkpoint(path, modules, optimizer, generator):
     torch.set_rng_state(state["torch_rng"])
     generator.set_state(state["data_rng"])
     log(path.stem, f"resumed at step {state['step']}")
-    return state["step"]
+    return state["step"], state["seconds"]
 
 
-def save_checkpoint(path, step, modules, optimizer, generator):
+def save_checkpoint(path, step, seconds, modules, optimizer, generator):
     path.parent.mkdir(exist_ok=True)
-    state = {"step": step, "modules": {n: m.state_dict() for n, m in modules.items()},
+    state = {"step": step, "seconds": seconds, "modules": {n: m.state_dict() for n, m in modules.items()},
              "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
              "data_rng": generator.get_state()}  # fmt: skip
     torch.save(state, path.with_suffix(".tmp"))
@@ -159,7 +160,7 @@ def train_loop(run, stage, steps, modules, optimizer, loss_fn, generator, every=
     """
     path = run.checkpoints / f"{stage}.pt"
     peak = optimizer.param_groups[0]["lr"]
-    start = load_checkpoint(path, modules, optimizer, generator)
+    start, spent = load_checkpoint(path, modules, optimizer, generator)
     started = time.time()
     for step in range(start, steps):
         for group in optimizer.param_groups:
@@ -171,7 +172,8 @@ def train_loop(run, stage, steps, modules, optimizer, loss_fn, generator, every=
         if (step + 1) % every == 0 or step + 1 == steps:
             rate = (step + 1 - start) / (time.time() - started)
             log(stage, f"step {step + 1}/{steps} loss {loss.item():.4f} ({rate:.2f} steps/s)")
-            save_checkpoint(path, step + 1, modules, optimizer, generator)
+            save_checkpoint(path, step + 1, spent + time.time() - started, modules, optimizer, generator)
+    run.minutes[stage] = round((spent + time.time() - started) / 60, 1)
 
 
 # ---------------------------------------------------------------- 1. the autoencoder
@@ -386,6 +388,7 @@ def main():
     minutes = (time.time() - started) / 60
     report = {"vae_psnr_db": round(psnr, 2), "scaling_factor": scaling_factor, "clip_accuracy": clip_accuracy,
               "combinations": len(run.combinations), "minutes_this_run": round(minutes, 1),
+              "training_minutes_by_stage": run.minutes,
               "torch": torch.__version__, "threads": torch.get_num_threads()}  # fmt: skip
     save(run.output, vae, text_encoder, unet, image_tower, text_projection, logit_scale, scaling_factor, report)
     log("done", f"{minutes:.1f} min; wrote {run.output}")

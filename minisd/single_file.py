@@ -1,0 +1,292 @@
+"""Single-file checkpoints: one .safetensors in the original CompVis / Stability AI key layout.
+
+Most Stable Diffusion checkpoints people download are one file holding all three models under
+the names the original training code used:
+
+    model.diffusion_model.*              the UNet   (input_blocks / middle_block / output_blocks)
+    first_stage_model.*                  the VAE    (encoder.down / decoder.up, counted upwards)
+    cond_stage_model.transformer.*       SD 1.x text encoder (Hugging Face CLIP names)
+    cond_stage_model.model.*             SD 2.x text encoder (OpenCLIP names, fused q/k/v)
+
+This module renames those keys to the diffusers names minisd's modules use, through one table
+of renames per component (RENAMES, below), and detects the architecture from tensor shapes:
+SD 1.x or 2.x from the text encoder, channel widths from the weights, v-prediction from the
+file's metadata (`modelspec.prediction_type`) or, for SD 2.x, its usual 768-pixel v-model.
+`overrides` corrects what detection cannot know (e.g. an SD 2.x 512-pixel epsilon model).
+"""
+
+import json
+import re
+from pathlib import Path
+
+import numpy
+
+from .clip import CLIPTextConfig, CLIPTextModel
+from .tokenizer import CLIPTokenizer
+from .unet import UNet2DConditionModel, UNetConfig
+from .vae import AutoencoderKL, VAEConfig
+from .weights import HELP, WeightsError, load_module, read_safetensors
+
+SD1_SCHEDULER = {"_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
+                 "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "prediction_type": "epsilon",
+                 "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1}  # fmt: skip
+SD2_SCHEDULER = {**SD1_SCHEDULER, "_class_name": "DDIMScheduler", "clip_sample": False}
+OVERRIDES = {"family": ("sd1", "sd2"), "prediction_type": ("epsilon", "v_prediction"), "image_size": int}
+
+# ---------------------------------------------------------------- the rename table
+# Per component: (regex on the original key, replacement) pairs, applied in order. Block
+# numbers that the two layouts count differently are handled by `block_renames`, which expands
+# the same kind of pairs for the detected number of levels.
+
+RENAMES = {
+    "unet": [
+        (r"^model\.diffusion_model\.", ""),
+        (r"^time_embed\.0\.", "time_embedding.linear_1."),
+        (r"^time_embed\.2\.", "time_embedding.linear_2."),
+        (r"^input_blocks\.0\.0\.", "conv_in."),
+        (r"^out\.0\.", "conv_norm_out."),
+        (r"^out\.2\.", "conv_out."),
+        (r"^middle_block\.0\.", "mid_block.resnets.0."),
+        (r"^middle_block\.1\.", "mid_block.attentions.0."),
+        (r"^middle_block\.2\.", "mid_block.resnets.1."),
+        # inside a ResNet block
+        (r"\.in_layers\.0\.", ".norm1."),
+        (r"\.in_layers\.2\.", ".conv1."),
+        (r"\.emb_layers\.1\.", ".time_emb_proj."),
+        (r"\.out_layers\.0\.", ".norm2."),
+        (r"\.out_layers\.3\.", ".conv2."),
+        (r"\.skip_connection\.", ".conv_shortcut."),
+    ],
+    "vae": [
+        (r"^first_stage_model\.", ""),
+        (r"^(encoder|decoder)\.mid\.block_1\.", r"\1.mid_block.resnets.0."),
+        (r"^(encoder|decoder)\.mid\.block_2\.", r"\1.mid_block.resnets.1."),
+        (r"^(encoder|decoder)\.mid\.attn_1\.", r"\1.mid_block.attentions.0."),
+        (r"^(encoder|decoder)\.norm_out\.", r"\1.conv_norm_out."),
+        (r"\.nin_shortcut\.", ".conv_shortcut."),
+        (r"(attentions\.0)\.norm\.", r"\1.group_norm."),
+        (r"(attentions\.0)\.q\.", r"\1.to_q."),
+        (r"(attentions\.0)\.k\.", r"\1.to_k."),
+        (r"(attentions\.0)\.v\.", r"\1.to_v."),
+        (r"(attentions\.0)\.proj_out\.", r"\1.to_out.0."),
+    ],
+    "sd1_text": [
+        (r"^cond_stage_model\.transformer\.(text_model\.)?", "text_model."),
+    ],
+    "sd2_text": [
+        (r"^cond_stage_model\.model\.", "text_model."),
+        (r"^text_model\.token_embedding\.", "text_model.embeddings.token_embedding."),
+        (r"^text_model\.positional_embedding$", "text_model.embeddings.position_embedding.weight"),
+        (r"^text_model\.ln_final\.", "text_model.final_layer_norm."),
+        (r"^text_model\.transformer\.resblocks\.", "text_model.encoder.layers."),
+        (r"\.ln_1\.", ".layer_norm1."),
+        (r"\.ln_2\.", ".layer_norm2."),
+        (r"\.attn\.out_proj\.", ".self_attn.out_proj."),
+        (r"\.mlp\.c_fc\.", ".mlp.fc1."),
+        (r"\.mlp\.c_proj\.", ".mlp.fc2."),
+    ],
+}
+PREFIXES = {"unet": "model.diffusion_model.", "vae": "first_stage_model.",
+            "sd1_text": "cond_stage_model.transformer.", "sd2_text": "cond_stage_model.model."}  # fmt: skip
+# Keys a checkpoint may carry that are not weights minisd uses: the training schedule's buffers,
+# EMA copies, CLIP's image-text projection, and SD 2.x's last text layer (SD 2 uses the 23rd).
+IGNORED = [r"^(betas|alphas_cumprod.*|sqrt_.*|log_one_minus_alphas_cumprod|posterior_.*)$",
+           r"^model_ema\..*", r"^cond_stage_model\.model\.(text_projection|logit_scale|visual\..*)$",
+           r".*embeddings\.position_ids$"]  # fmt: skip
+
+
+def block_renames(levels, layers):
+    """UNet and VAE block numbers: the original counts blocks in one flat list (UNet) or the
+    decoder from the bottom up (VAE); diffusers nests them per level, top down."""
+    per_level = layers + 1  # the UNet's down path: `layers` blocks, then a downsampler
+    unet = [(rf"^input_blocks\.{1 + level * per_level + i}\.0\.", f"down_blocks.{level}.resnets.{i}.")
+            for level in range(levels) for i in range(layers)]  # fmt: skip
+    unet += [(rf"^input_blocks\.{1 + level * per_level + i}\.1\.", f"down_blocks.{level}.attentions.{i}.")
+             for level in range(levels) for i in range(layers)]  # fmt: skip
+    unet += [(rf"^input_blocks\.{level * per_level + per_level}\.0\.op\.", f"down_blocks.{level}.downsamplers.0.conv.")
+             for level in range(levels - 1)]  # fmt: skip
+    up = per_level  # the up path has one more block per level, and the upsampler rides on the last
+    unet += [(rf"^output_blocks\.{level * up + i}\.0\.", f"up_blocks.{level}.resnets.{i}.")
+             for level in range(levels) for i in range(up)]  # fmt: skip
+    unet += [(rf"^output_blocks\.{level * up + i}\.1\.(norm|proj_in|proj_out|transformer_blocks)",
+              rf"up_blocks.{level}.attentions.{i}.\1") for level in range(levels) for i in range(up)]  # fmt: skip
+    unet += [(rf"^output_blocks\.{level * up + up - 1}\.[12]\.conv\.", f"up_blocks.{level}.upsamplers.0.conv.")
+             for level in range(levels - 1)]  # fmt: skip
+    vae = [(rf"^encoder\.down\.{level}\.block\.", f"encoder.down_blocks.{level}.resnets.") for level in range(levels)]
+    vae += [(rf"^encoder\.down\.{level}\.downsample\.", f"encoder.down_blocks.{level}.downsamplers.0.")
+            for level in range(levels)]  # fmt: skip
+    vae += [(rf"^decoder\.up\.{levels - 1 - level}\.block\.", f"decoder.up_blocks.{level}.resnets.")
+            for level in range(levels)]  # fmt: skip
+    vae += [(rf"^decoder\.up\.{levels - 1 - level}\.upsample\.", f"decoder.up_blocks.{level}.upsamplers.0.")
+            for level in range(levels)]  # fmt: skip
+    return {"unet": unet, "vae": vae}
+
+
+# ---------------------------------------------------------------- reading a file
+
+
+def read_single_file(path, backend, vae_backend, overrides=None):
+    """The parts of a Pipeline from one checkpoint file: tokenizer, models, scheduler config."""
+    path = Path(path)
+    tensors = read_safetensors(path)
+    model = detect(path, tensors, _check_overrides(overrides or {}))
+    levels, layers = len(model["unet"].block_out_channels), model["unet"].layers_per_block
+    renames = block_renames(levels, layers)
+    text = model["text"]
+    parts = {"unet": (UNet2DConditionModel(model["unet"]), RENAMES["unet"] + renames["unet"], backend),
+             "vae": (AutoencoderKL(model["vae"]), RENAMES["vae"] + renames["vae"], vae_backend),
+             text: (CLIPTextModel(model["text_config"]), RENAMES[text], backend)}  # fmt: skip
+    claimed = set()
+    for name, (module, table, target) in parts.items():
+        keys = [key for key in tensors if key.startswith(PREFIXES[name])]
+        claimed |= set(keys)
+        mine = {key: tensors[key] for key in keys if not _ignored(key)}
+        if name == "sd2_text":
+            mine = split_fused_attention(mine, model["text_config"].num_hidden_layers)
+        load_module(module, rename_all(mine, table), f"{path} ({name.removeprefix('sd1_').removeprefix('sd2_')})",
+                    target)  # fmt: skip
+    unknown = [key for key in tensors if key not in claimed and not _ignored(key)]
+    if unknown:
+        raise WeightsError(f"{path} has keys that belong to no Stable Diffusion component: "
+                           f"{', '.join(sorted(unknown)[:20])}{' ...' if len(unknown) > 20 else ''}")  # fmt: skip
+    tokenizer = CLIPTokenizer.default()
+    if model["family"] == "sd2":  # SD 2.x pads with "!" (id 0)
+        tokenizer = CLIPTokenizer(tokenizer.vocab, tokenizer.merges, pad_id=tokenizer.vocab["!"])
+    text_module = parts[text][0]
+    return dict(tokenizer=tokenizer, text_encoder=text_module, unet=parts["unet"][0], vae=parts["vae"][0],
+                scheduler_config=model["scheduler"], backend=backend, name=path.stem, vae_backend=vae_backend)  # fmt: skip
+
+
+def _ignored(key):
+    return any(re.fullmatch(pattern, key) for pattern in IGNORED)
+
+
+def rename_all(tensors, table):
+    renamed = {}
+    for key, value in tensors.items():
+        for pattern, replacement in table:
+            key = re.sub(pattern, replacement, key)
+        renamed[key] = value
+    return renamed
+
+
+def split_fused_attention(tensors, layers):
+    """OpenCLIP stores q, k, v as one (3D, D) in_proj; split it into three (D, D) projections.
+    Only the first `layers` blocks are kept: SD 2.x reads the penultimate layer."""
+    out = {}
+    for key, value in tensors.items():
+        match = re.search(r"resblocks\.(\d+)\.", key)
+        if match and int(match.group(1)) >= layers:
+            continue  # the last block: computed by OpenCLIP, unused by Stable Diffusion 2
+        fused = re.fullmatch(r"(.*)\.attn\.in_proj_(weight|bias)", key)
+        if fused:
+            for name, part in zip(("q_proj", "k_proj", "v_proj"), numpy.split(value, 3)):
+                out[f"{fused.group(1)}.self_attn.{name}.{fused.group(2)}"] = part
+        else:
+            out[key] = value
+    return out
+
+
+# ---------------------------------------------------------------- detecting the architecture
+
+
+def detect(path, tensors, overrides):
+    """Configs for the UNet, the VAE and the text encoder, read from the tensors' shapes."""
+    family = overrides.get("family") or _family(path, tensors)
+    metadata = read_metadata(path)
+    v_model = {"v": True, "epsilon": False}.get(metadata.get("modelspec.prediction_type"), family == "sd2")
+    prediction = overrides.get("prediction_type") or ("v_prediction" if v_model else "epsilon")
+    image_size = overrides.get("image_size") or (768 if family == "sd2" and prediction == "v_prediction" else 512)
+    vae = _vae_config(tensors)
+    latent_size = image_size // 2 ** (len(vae.block_out_channels) - 1)  # the VAE shrinks by 8 in SD
+    return {"family": family, "text": f"{family}_text", "unet": _unet_config(path, tensors, family, latent_size),
+            "vae": vae, "text_config": _text_config(tensors, family),
+            "scheduler": {**(SD2_SCHEDULER if family == "sd2" else SD1_SCHEDULER), "prediction_type": prediction}}  # fmt: skip
+
+
+def _family(path, tensors):
+    if any(key.startswith(PREFIXES["sd1_text"]) for key in tensors):
+        return "sd1"
+    if any(key.startswith(PREFIXES["sd2_text"]) for key in tensors):
+        return "sd2"
+    raise WeightsError(
+        f"{path} is not a Stable Diffusion 1.x/2.x checkpoint in the original layout: it has no "
+        f"{PREFIXES['sd1_text']}* (SD 1.x) nor {PREFIXES['sd2_text']}* (SD 2.x) text encoder keys "
+        f"(SDXL and others are not supported); {HELP}"
+    )
+
+
+def _shape(tensors, key, path="the checkpoint"):
+    if key not in tensors:
+        raise WeightsError(f"{path} is missing {key}, which every SD 1.x/2.x checkpoint has; {HELP}")
+    return tensors[key].shape
+
+
+def _unet_config(path, tensors, family, latent_size):
+    prefix = PREFIXES["unet"]
+    in_channels = _shape(tensors, f"{prefix}input_blocks.0.0.weight", path)[1]
+    if in_channels != 4:
+        raise WeightsError(f"{path}: the UNet takes {in_channels} input channels; minisd runs text-to-image "
+                           "models (4 latent channels), not inpainting or depth models")  # fmt: skip
+    levels = 1 + _largest_index(tensors, rf"{re.escape(prefix)}input_blocks\.(\d+)\.") // 3
+    channels = tuple(_shape(tensors, f"{prefix}input_blocks.{1 + 3 * level}.0.out_layers.3.weight", path)[0]
+                     for level in range(levels))  # fmt: skip
+    attention = [f"{prefix}input_blocks.{1 + 3 * level}.1.proj_in.weight" in tensors for level in range(levels)]
+    context = next(t.shape[1] for k, t in tensors.items() if k.startswith(prefix) and k.endswith("attn2.to_k.weight"))
+    heads = [c // 64 for c in channels] if family == "sd2" else 8  # SD 2: 64-wide heads; SD 1: 8 heads
+    linear = tensors[next(k for k in tensors if k.startswith(prefix) and k.endswith("proj_in.weight"))].ndim == 2
+    return UNetConfig(
+        sample_size=latent_size, block_out_channels=channels, cross_attention_dim=context,
+        attention_head_dim=heads, use_linear_projection=linear, layers_per_block=2,
+        down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention),
+        up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
+    )  # fmt: skip
+
+
+def _vae_config(tensors):
+    prefix = PREFIXES["vae"]
+    levels = 1 + _largest_index(tensors, rf"{re.escape(prefix)}encoder\.down\.(\d+)\.")
+    channels = tuple(_shape(tensors, f"{prefix}encoder.down.{level}.block.0.conv1.weight")[0] for level in range(levels))
+    latent = _shape(tensors, f"{prefix}post_quant_conv.weight")[0]
+    return VAEConfig(block_out_channels=channels, latent_channels=latent,
+                     down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels)  # fmt: skip
+
+
+def _text_config(tensors, family):
+    if family == "sd1":
+        prefix = PREFIXES["sd1_text"] + ("text_model." if any("transformer.text_model." in k for k in tensors) else "")
+        vocab, width = _shape(tensors, f"{prefix}embeddings.token_embedding.weight")
+        layers = 1 + _largest_index(tensors, rf"{re.escape(prefix)}encoder\.layers\.(\d+)\.")
+        mlp = _shape(tensors, f"{prefix}encoder.layers.0.mlp.fc1.weight")[0]
+        return CLIPTextConfig(vocab_size=vocab, hidden_size=width, intermediate_size=mlp, num_hidden_layers=layers,
+                              num_attention_heads=width // 64, hidden_act="quick_gelu")  # fmt: skip
+    prefix = PREFIXES["sd2_text"]
+    vocab, width = _shape(tensors, f"{prefix}token_embedding.weight")
+    layers = 1 + _largest_index(tensors, rf"{re.escape(prefix)}transformer\.resblocks\.(\d+)\.")
+    mlp = _shape(tensors, f"{prefix}transformer.resblocks.0.mlp.c_fc.weight")[0]
+    return CLIPTextConfig(vocab_size=vocab, hidden_size=width, intermediate_size=mlp, num_hidden_layers=layers - 1,
+                          num_attention_heads=width // 64, hidden_act="gelu")  # fmt: skip
+
+
+def _largest_index(tensors, pattern):
+    """The largest block number N among keys matching `pattern` (one group capturing N)."""
+    return max(int(match.group(1)) for key in tensors if (match := re.match(pattern, key)))
+
+
+def read_metadata(path):
+    """The safetensors header's "__metadata__" (strings), {} if none."""
+    with open(path, "rb") as file:
+        header = json.loads(file.read(int.from_bytes(file.read(8), "little")))
+    return header.get("__metadata__") or {}
+
+
+def _check_overrides(overrides):
+    for key, value in overrides.items():
+        allowed = OVERRIDES.get(key)
+        if allowed is None:
+            raise ValueError(f"unknown single-file config key {key!r}: choose from {', '.join(OVERRIDES)}")
+        if allowed is int and not (isinstance(value, int) and value > 0 and value % 8 == 0):
+            raise ValueError(f"{key} must be a positive multiple of 8, got {value!r}")
+        if allowed is not int and value not in allowed:
+            raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+    return overrides

@@ -1,0 +1,263 @@
+"""The chapters (chapters/*.py): each runs top to bottom in --quick mode on the embedded model,
+writes its figures (right size, not blank), and teaches facts that hold. A chapter writes the
+numbers it computed to a JSON file beside its figures; every fact is checked here against a
+closed form or this test's own computation with minisd and NumPy, not taken from the JSON alone.
+"""
+
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import minisd
+from minisd.clip_image import load_clip
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "weights" / "training"))
+from shapes import COMBINATIONS, caption, draw
+
+FOLDER = minisd.default_model_folder()
+
+# chapter -> its figures and their size in pixels (figsize × 100 dpi) in --quick mode
+FIGURES = {
+    "01_components": {"01_components": (1200, 360)},
+    "02_text_encoder": {"02_tokens": (1200, 450), "02_similarity": (800, 650)},
+    "03_diffusion_steps": {"03_diffusion_steps": (1200, 465)},
+    "04_training_examples": {"04_training_examples": (1200, 1250), "04_noise_prediction_error": (1200, 420)},
+    "05_latent_space": {"05_latent_space": (1300, 510)},
+    "06_clip_training": {"06_clip_similarity": (1300, 660)},
+    "07_unet": {
+        "07_unet_layers": (1200, 600),
+        "07_timestep_embedding": (1200, 450),
+        "07_without_and_with_text": (540, 500),
+        "07_cross_attention": (1510, 260),
+    },
+    "08_guidance": {"08_guidance": (1200, 540)},
+    "09_img2img": {"09_img2img": (1200, 360)},
+}
+
+
+@pytest.fixture(scope="module")
+def chapter(tmp_path_factory):
+    """chapter(name) runs chapters/NAME.py --quick once and returns the facts it wrote (a dict)."""
+    out = tmp_path_factory.mktemp("chapters")
+    # One BLAS thread: the chapters' matrices are small, and threads fight on a busy 2-core machine.
+    env = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+    facts = {}
+
+    def run(name):
+        if name not in facts:
+            command = [sys.executable, str(ROOT / "chapters" / f"{name}.py"), "--quick", "--out", str(out)]
+            result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+            assert result.returncode == 0, f"{name} failed:\n{result.stdout}\n{result.stderr}"
+            facts[name] = json.loads((out / f"{name}.json").read_text())
+        return facts[name]
+
+    run.out = out
+    return run
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return minisd.load(FOLDER)
+
+
+def config(name):
+    return json.loads((FOLDER / name).read_text())
+
+
+def rms(a, b):
+    return float(np.sqrt(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)))
+
+
+def pixels(image):
+    return np.asarray(image.convert("RGB"), np.float64) / 255
+
+
+@pytest.mark.parametrize("name", FIGURES)
+def test_chapter_draws_its_figures(chapter, name):
+    chapter(name)
+    for figure, size in FIGURES[name].items():
+        image = Image.open(chapter.out / f"{figure}.png")
+        assert image.size == size, figure
+        gray = np.asarray(image.convert("L"), np.float64) / 255
+        assert gray.std() > 0.05, f"{figure} looks blank"
+
+
+def test_components_pass_the_shapes_the_configs_imply(chapter):
+    facts = chapter("01_components")
+    defaults = config("minisd.json")["defaults"]
+    height, width = defaults["height"], defaults["width"]
+    factor = 2 ** (len(config("vae/config.json")["block_out_channels"]) - 1)  # each VAE level but the last halves
+    shapes = facts["shapes"]
+    assert shapes["token ids"] == [1, 77]
+    assert shapes["token embeddings"] == [1, 77, config("text_encoder/config.json")["hidden_size"]]
+    assert shapes["latents"] == [1, config("unet/config.json")["in_channels"], height // factor, width // factor]
+    assert shapes["image"] == [1, 3, height, width]
+    assert all(seconds > 0 for seconds in facts["seconds"].values())
+
+
+def test_text_encoder_pieces_spell_the_prompt_and_similarities_are_cosines(chapter, pipe):
+    facts = chapter("02_text_encoder")
+    pieces, ids = facts["pieces"], facts["ids"]
+    assert "".join(pieces).replace("</w>", " ").strip() == facts["prompt"]
+    assert len(ids) == 77 and ids[0] == 49406 and ids[len(pieces) + 1] == 49407  # start, pieces, end
+    # the end-of-text vectors, computed here: the first 49407 in each row
+    batch = pipe.tokenizer.encode(facts["prompts"])
+    states = pipe.text_encoder(batch).astype(np.float64)
+    ends = [list(row).index(49407) for row in batch]
+    vectors = states[np.arange(len(batch)), ends]
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    similarity = np.asarray(facts["similarity"])
+    np.testing.assert_allclose(similarity, vectors @ vectors.T, atol=1e-5)
+    np.testing.assert_allclose(np.diag(similarity), 1, atol=1e-5)
+
+
+def test_decoded_steps_approach_the_final_picture(chapter, pipe):
+    facts = chapter("03_diffusion_steps")
+    frames = [pixels(pipe.decode(step.latents)) for step in
+              pipe.denoise(facts["prompt"], steps=facts["steps"], seed=facts["seed"])]  # fmt: skip
+    distances = [rms(frame, frames[-1]) for frame in frames]
+    np.testing.assert_allclose(facts["distances"], distances, atol=1e-4)
+    later = distances[len(distances) // 2 :]
+    assert all(a > b for a, b in itertools.pairwise(later)), distances  # the second half only gets closer
+    assert distances[0] > later[0] and later[-1] == 0
+
+
+def alpha_bar_closed_form(schedule):
+    """ᾱ_t of SD's scaled-linear betas (zero-terminal-SNR rescaled when configured), in float64."""
+    assert schedule["beta_schedule"] == "scaled_linear"
+    betas = (
+        np.linspace(schedule["beta_start"] ** 0.5, schedule["beta_end"] ** 0.5, schedule["num_train_timesteps"]) ** 2
+    )
+    alpha_bar = np.cumprod(1 - betas)
+    if schedule.get("rescale_betas_zero_snr"):  # Lin et al. 2023: shift sqrt(ᾱ) to end at 0, keep its start
+        root = np.sqrt(alpha_bar)
+        alpha_bar = ((root - root[-1]) * root[0] / (root[0] - root[-1])) ** 2
+    return alpha_bar
+
+
+def test_noise_grows_with_the_level_and_the_predictor_finds_it(chapter, pipe):
+    facts = chapter("04_training_examples")
+    schedule = config("scheduler/scheduler_config.json")
+    alpha_bar = alpha_bar_closed_form(schedule)
+    levels = facts["levels"]
+    np.testing.assert_allclose(facts["alpha_bar"], alpha_bar[levels], rtol=1e-4, atol=1e-6)
+    stds = facts["added_noise_std"]
+    assert all(a < b for a, b in itertools.pairwise(stds))
+    np.testing.assert_allclose(stds, np.sqrt(1 - alpha_bar[levels]), atol=0.05)  # std of 12,288 N(0, 1) draws ≈ 1
+    assert facts["errors"][-1] < facts["errors"][0]
+    # the predictor, asked here: its noise estimate is better at t = 900 than at t = 100
+    rng = np.random.default_rng(5)
+    combinations = COMBINATIONS[::6]
+    images = [pipe.encode_image(Image.fromarray(draw(*c, rng)))[0] for c in combinations]
+    clean = np.concatenate(images) * pipe.vae.config.scaling_factor
+    text = pipe.text_encoder(pipe.tokenizer.encode([caption(*c) for c in combinations]))
+
+    def error(t):
+        noise = rng.standard_normal(clean.shape).astype(np.float32)
+        a = alpha_bar[t]
+        noisy = (np.sqrt(a) * clean + np.sqrt(1 - a) * noise).astype(np.float32)
+        output = pipe.unet(noisy, t, text).astype(np.float64)
+        v_prediction = schedule["prediction_type"] == "v_prediction"  # v = sqrt(a)·noise − sqrt(1 − a)·x0
+        predicted = np.sqrt(a) * output + np.sqrt(1 - a) * noisy if v_prediction else output
+        return np.mean((predicted - noise) ** 2)
+
+    assert error(900) < error(100)
+
+
+def test_latents_are_48_times_smaller_and_decode_faithfully(chapter, pipe):
+    facts = chapter("05_latent_space")
+    vae = config("vae/config.json")
+    factor = 2 ** (len(vae["block_out_channels"]) - 1)  # 8: each level of the encoder but the last halves H and W
+    assert facts["compression"] == 3 * factor**2 / vae["latent_channels"] == 48  # 3·H·W / (4·(H/8)·(W/8))
+    assert min(facts["psnr_db"]) > 25
+    image = Image.fromarray(draw("green", "triangle", "black", np.random.default_rng(11)))
+    mean, _ = pipe.encode_image(image)
+    decoded = pixels(pipe.decode(mean * pipe.vae.config.scaling_factor))
+    assert 10 * math.log10(1 / np.mean((decoded - pixels(image)) ** 2)) > 25
+
+
+def test_clip_scores_matching_pairs_highest_and_the_loss_is_cross_entropy(chapter, pipe):
+    facts = chapter("06_clip_training")
+    similarity = np.asarray(facts["similarity"], np.float64)
+    logits = facts["scale"] * similarity
+    count = len(similarity)
+
+    def cross_entropy(rows):  # −log softmax at the diagonal, by logsumexp
+        return np.mean([np.logaddexp.reduce(row) - row[i] for i, row in enumerate(rows)])
+
+    assert facts["loss_image_to_text"] == pytest.approx(cross_entropy(logits), abs=1e-5)
+    assert facts["loss_text_to_image"] == pytest.approx(cross_entropy(logits.T), abs=1e-5)
+    assert facts["loss_image_to_text"] < math.log(count)  # better than chance
+    # fresh pictures drawn here: each matches its own caption better than the others, on average
+    clip = load_clip(FOLDER)
+    rng = np.random.default_rng(12)
+    combinations = COMBINATIONS[::5]
+    batch = np.stack([draw(*c, rng) for c in combinations]).transpose(0, 3, 1, 2) / 127.5 - 1
+    ids = pipe.tokenizer.encode([caption(*c) for c in combinations])
+    images = clip.embed_images(batch.astype(np.float32))
+    texts = clip.embed_texts(pipe.text_encoder(ids), ids)
+    cosine = (images / np.linalg.norm(images, axis=1, keepdims=True)) @ (
+        texts / np.linalg.norm(texts, axis=1, keepdims=True)
+    ).T
+    off_diagonal = cosine[~np.eye(len(combinations), dtype=bool)]
+    assert np.diag(cosine).mean() > off_diagonal.mean() + 0.3
+
+
+def test_unet_layers_follow_the_config_and_skips_add_channels(chapter):
+    facts = chapter("07_unet")
+    unet = config("unet/config.json")
+    blocks, per_block = len(unet["block_out_channels"]), unet["layers_per_block"]
+    layers = {key: (kind, inputs, outputs) for key, kind, inputs, outputs in facts["layers"]}
+    kinds = [kind for kind, _, _ in layers.values()]
+    assert kinds.count("ResNet") == blocks * per_block + 2 + blocks * (per_block + 1)  # down, mid, up
+    attention_blocks = sum(t.startswith("CrossAttn") for t in unet["down_block_types"])
+    assert kinds.count("Attention") == attention_blocks * per_block + 1 + attention_blocks * (per_block + 1)
+    assert kinds.count("Downsample") == kinds.count("Upsample") == blocks - 1
+    assert layers["conv_out"][2] == layers["conv_in"][1]  # noise out, shaped like the latents in
+    keys = list(layers)
+    for taken, kept in facts["skips"].items():  # an up ResNet's input = previous output + the skip, by channels
+        previous = layers[keys[keys.index(taken) - 1]][2]
+        assert layers[taken][1][1] == previous[1] + layers[kept][2][1]
+    assert len(facts["skips"]) == blocks * (per_block + 1)
+    assert facts["attention_total"] == pytest.approx(1, abs=1e-4)  # each pixel's weights over 77 tokens sum to 1
+
+
+def test_guidance_moves_the_picture_and_is_the_guidance_formula(chapter, pipe):
+    facts = chapter("08_guidance")
+    prompt, negative, steps, seed = facts["prompt"], facts["negative"], facts["steps"], facts["seed"]
+    for changes in (facts["change_without_negative"], facts["change_with_negative"]):
+        assert changes[0] == 0 and changes[-1] > changes[1] > 0
+    plain = pixels(pipe(prompt, steps=steps, guidance=1, seed=seed, progress=False))
+    strong = pixels(pipe(prompt, steps=steps, guidance=facts["scales"][-1], seed=seed, progress=False))
+    assert rms(strong, plain) == pytest.approx(facts["change_without_negative"][-1], abs=1e-4)
+    # at scale 1 the negative prompt has no effect: noise = negative + 1 · (prompt − negative) = prompt
+    with_negative = pixels(pipe(prompt, negative, steps=steps, guidance=1, seed=seed, progress=False))
+    assert np.array_equal(with_negative, plain)
+    # the guided prediction is ε_negative + s·(ε_prompt − ε_negative), from two separate UNet calls
+    latents = np.random.default_rng(1).standard_normal((1, 4, 8, 8)).astype(np.float32)
+    context = pipe.encode_prompt(prompt, negative, guidance=3)  # (2, 77, D): [negative, prompt]
+    apart = [pipe.unet(latents, 500, row[None]).astype(np.float64) for row in context]
+    guided = pipe.predict_noise(latents, 500, context, 3).reshape(latents.shape)
+    np.testing.assert_allclose(guided, apart[0] + 3 * (apart[1] - apart[0]), atol=1e-5)
+
+
+def test_img2img_moves_away_from_the_input_as_strength_grows(chapter, pipe):
+    facts = chapter("09_img2img")
+    steps = facts["steps"]
+    assert facts["steps_run"] == [int(steps * strength) for strength in facts["strengths"]]
+    assert all(a < b for a, b in itertools.pairwise(facts["distances"]))
+    source = Image.fromarray(draw("red", "circle", "white", np.random.default_rng(3)))
+    outputs = [pipe.img2img(facts["prompt"], source, strength, steps=steps, seed=facts["seed"], progress=False)
+               for strength in facts["strengths"]]  # fmt: skip
+    distances = [rms(pixels(output), pixels(source)) for output in outputs]
+    np.testing.assert_allclose(facts["distances"], distances, atol=1e-4)
+    assert distances[-1] > distances[0]
