@@ -188,7 +188,7 @@ class Pipeline:
             return self.unet(sample, t, context).astype("float32", copy=False)
         xp = self.backend.xp
         noise = self.unet(xp.concatenate([sample, sample]), t, context).astype("float32", copy=False)
-        noise_uncond, noise_text = noise
+        noise_uncond, noise_text = noise[:1], noise[1:]  # each (1, 4, h, w)
         return noise_uncond + guidance * (noise_text - noise_uncond)
 
     def decode(self, latents):

@@ -65,7 +65,7 @@ def test_text_encoder_full_size(sd21):
     ours = load_component(folder, "text_encoder", Backend())
     with torch.no_grad():
         theirs = text_encoder(torch.from_numpy(ids), output_hidden_states=True)
-        skipped = text_encoder.text_model.final_layer_norm(theirs.hidden_states[-3])  # clip_skip=2
+        skipped = text_encoder.final_layer_norm(theirs.hidden_states[-3])  # clip_skip=2
     assert ours(ids).shape == (3, 77, 1024)
     assert relative_error(ours(ids), to_numpy(theirs.last_hidden_state)) <= TOLERANCE
     assert relative_error(ours(ids, clip_skip=2), to_numpy(skipped)) <= TOLERANCE
