@@ -15,7 +15,6 @@ file's metadata (`modelspec.prediction_type`) or, for SD 2.x, its usual 768-pixe
 `overrides` corrects what detection cannot know (e.g. an SD 2.x 512-pixel epsilon model).
 """
 
-import json
 import re
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from .clip import CLIPTextConfig, CLIPTextModel
 from .tokenizer import CLIPTokenizer
 from .unet import UNet2DConditionModel, UNetConfig
 from .vae import AutoencoderKL, VAEConfig
-from .weights import HELP, WeightsError, load_module, read_safetensors
+from .weights import HELP, WeightsError, load_module, read_safetensors, read_safetensors_header
 
 SD1_SCHEDULER = {"_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
                  "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "prediction_type": "epsilon",
@@ -275,9 +274,7 @@ def _largest_index(tensors, pattern):
 
 def read_metadata(path):
     """The safetensors header's "__metadata__" (strings), {} if none."""
-    with open(path, "rb") as file:
-        header = json.loads(file.read(int.from_bytes(file.read(8), "little")))
-    return header.get("__metadata__") or {}
+    return read_safetensors_header(path)[1].get("__metadata__") or {}
 
 
 def _check_overrides(overrides):

@@ -41,19 +41,24 @@ def read_safetensors(path):
     ({key: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}), then the data.
     """
     path = Path(path)
-    size = path.stat().st_size
+    header_len, header = read_safetensors_header(path)
+    header.pop("__metadata__", None)
+    data = numpy.memmap(path, dtype=numpy.uint8, mode="r", offset=8 + header_len) if header else None
+    return {key: _tensor(path, key, info, data) for key, info in header.items()}
+
+
+def read_safetensors_header(path):
+    """(header length N, the JSON header) of a .safetensors file, checked."""
+    size = Path(path).stat().st_size
     with open(path, "rb") as file:
         prefix = file.read(8)
         header_len = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
         if not 0 < header_len <= size - 8:
             raise WeightsError(f"{path} is not a safetensors file (bad header length)")
         try:
-            header = json.loads(file.read(header_len))
+            return header_len, json.loads(file.read(header_len))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise WeightsError(f"{path} is not a safetensors file (header is not JSON: {error})") from None
-    header.pop("__metadata__", None)
-    data = numpy.memmap(path, dtype=numpy.uint8, mode="r", offset=8 + header_len) if header else None
-    return {key: _tensor(path, key, info, data) for key, info in header.items()}
 
 
 def _tensor(path, key, info, data):
