@@ -1,24 +1,50 @@
-"""Benchmark one Stable Diffusion 1.5 UNet step with guidance (batch 2), minisd vs diffusers.
+"""Benchmark minisd against PyTorch (diffusers / transformers) on the same random SD 1.5 weights.
 
-    python -m minisd.bench [--backend numpy|cupy] [--dtype float32|float16] [--latent 64] [--repeat 3]
+    python -m minisd.bench [--backend numpy|cupy] [--dtype float32|float16] [--repeat 3]
+                           [--cases unet32,unet64,text,vae256,vae512,generate] [--memory]
 
-The UNet has the SD 1.5 architecture (UNetConfig's defaults) with random weights. When torch and
-diffusers are importable, the same weights run in diffusers' UNet2DConditionModel in the same
-process — on the CPU in float32 with the same thread count for the NumPy backend, on the GPU in
-float16 with PyTorch's scaled-dot-product attention for the CuPy backend — and the ratio
-minisd / diffusers is printed. FLOPs are counted from the matrix products minisd actually runs.
+Every model has the SD 1.5 architecture with random weights. When torch and diffusers are
+importable, the same weights run there in the same process, alternating with minisd call by
+call (so a drift of the machine hits both alike): on the CPU in float32 with the same thread
+count, on the GPU in float16 with PyTorch's scaled-dot-product attention. Each line prints the
+median time, minisd / torch, and the achieved GFLOP/s (FLOPs counted as direct convolution
+and plain attention, so Winograd's savings show as a higher rate), next to the measured
+single-precision matrix-product peak. --memory runs, each in a fresh process, a whole 20-step
+512x512 generation and a tiled 1024x1024 VAE decode, and prints their peak RSS (first, while
+this process is still small).
+
+Cases: unet32 / unet64 = one UNet step with guidance (batch 2, 32x32 or 64x64 latents),
+text = the text encoder on a prompt and a negative prompt (2 x 77 tokens), vae256 / vae512 =
+the VAE decoder to a 256x256 or 512x512 image, generate = a whole 50-step 512x512 image with
+guidance (minisd's Pipeline against diffusers' StableDiffusionPipeline).
 """
 
 import argparse
 import contextlib
+import json
 import resource
+import subprocess
+import sys
 import time
 
 import numpy
 
-from . import blocks, nn
+from . import blocks, clip, nn
 from .backend import Backend
+from .clip import CLIPTextConfig, CLIPTextModel
+from .pipeline import Pipeline
+from .tokenizer import CLIPTokenizer
 from .unet import UNet2DConditionModel, UNetConfig
+from .vae import AutoencoderKL, VAEConfig
+from .weights import load_module
+
+CPU_CASES = ("unet32", "unet64", "text", "vae256", "vae512")
+GPU_CASES = ("unet64", "text", "vae512", "generate")
+
+# SD 1.5's scheduler/scheduler_config.json
+SD15_SCHEDULER = {"_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
+                  "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "set_alpha_to_one": False,
+                  "skip_prk_steps": True, "steps_offset": 1, "clip_sample": False}  # fmt: skip
 
 
 def random_weights(module, seed=0):
@@ -38,9 +64,8 @@ def random_weights(module, seed=0):
 
 
 def place(module, weights, backend):
-    """Put `weights` into `module`'s slots on `backend`; returns the module."""
-    for key, owner, name, _ in module.named_slots():
-        setattr(owner, name, backend.asarray(weights[key]))
+    """Put `weights` into `module`'s slots on `backend`, as the loader does; returns the module."""
+    load_module(module, weights, "random weights", backend)
     return module
 
 
@@ -48,71 +73,250 @@ def place(module, weights, backend):
 def count_flops():
     """Count multiply-adds (×2) of convolutions, linear layers and attention while active."""
     total = [0]
-    originals = nn.conv2d, nn.linear, blocks.attention
+    conv_call, linear, attention = nn.Conv2d.__call__, nn.linear, nn.attention
 
-    def conv2d(x, weight, bias, stride=1, padding=0):
-        y = originals[0](x, weight, bias, stride, padding)
-        total[0] += 2 * y.size * numpy.prod(weight.shape[1:])
+    def counted_conv(self, x):
+        y = conv_call(self, x)
+        total[0] += 2 * y.size * numpy.prod(self.weight.shape[1:])  # as direct convolution
         return y
 
-    def linear(x, weight, bias=None):
+    def counted_linear(x, weight, bias=None):
         total[0] += 2 * (x.size // x.shape[-1]) * weight.shape[0] * weight.shape[1]
-        return originals[1](x, weight, bias)
+        return linear(x, weight, bias)
 
-    def attention(q, k, v, heads, mask=None):
+    def counted_attention(q, k, v, heads, mask=None):
         total[0] += 4 * q.shape[0] * q.shape[1] * k.shape[1] * q.shape[2]  # QKᵀ and (softmax)V
-        return originals[2](q, k, v, heads, mask)
+        return attention(q, k, v, heads, mask)
 
-    nn.conv2d, nn.linear, blocks.attention = conv2d, linear, attention
+    nn.Conv2d.__call__, nn.linear = counted_conv, counted_linear
+    blocks.attention = clip.attention = counted_attention
     try:
         yield total
     finally:
-        nn.conv2d, nn.linear, blocks.attention = originals
+        nn.Conv2d.__call__, nn.linear = conv_call, linear
+        blocks.attention = clip.attention = attention
 
 
-def time_calls(run, synchronize, repeat):
-    """Median seconds of `repeat` calls, after one warm-up call."""
-    run()
-    synchronize()
+def sgemm_peak(backend, size=2048, repeat=5):
+    """Best GFLOP/s of a size x size float32 matrix product on the backend (its BLAS's peak)."""
+    a = backend.asarray(numpy.random.default_rng(0).standard_normal((size, size), dtype=numpy.float32), "float32")
+    synchronize = _synchronizer(backend)
     times = []
-    for _ in range(repeat):
+    for _ in range(repeat + 1):
         start = time.perf_counter()
-        run()
+        a @ a
         synchronize()
         times.append(time.perf_counter() - start)
-    return float(numpy.median(times))
+    return 2 * size**3 / min(times[1:]) / 1e9
 
 
-def bench_minisd(backend, unet, weights, inputs, repeat):
-    place(unet, weights, backend)
-    sample, context = (backend.asarray(a) for a in inputs)
-    synchronize = backend.xp.cuda.Device().synchronize if backend.name == "cupy" else (lambda: None)
-    with count_flops() as flops:
-        unet(sample, 981, context)
-    seconds = time_calls(lambda: unet(sample, 981, context), synchronize, repeat)
-    memory = backend.xp.get_default_memory_pool().total_bytes() if backend.name == "cupy" else None
-    return seconds, flops[0], memory
+def _synchronizer(backend):
+    return backend.xp.cuda.Device().synchronize if backend.name == "cupy" else (lambda: None)
 
 
-def bench_diffusers(backend, weights, inputs, repeat):
-    """The same weights in diffusers (None when torch/diffusers are not installed)."""
-    try:
+# ---------------------------------------------------------------- the cases
+
+
+class Case:
+    """One thing to time: minisd's call and, when torch is there, the same call in torch."""
+
+    def __init__(self, title, ours, theirs=None):
+        self.title, self.ours, self.theirs = title, ours, theirs
+
+
+def make_cases(names, backend, reference):
+    """The cases asked for (see the module docstring), sharing one model of each kind."""
+    models = {}
+
+    def model(kind):
+        """(minisd module, torch module or None), built once."""
+        if kind not in models:
+            models[kind] = build(kind, backend, reference)
+        return models[kind]
+
+    makers = {"unet": unet_case, "text": text_case, "vae": vae_case, "generate": generate_case}
+    cases = []
+    for name in names:
+        kind = name.rstrip("0123456789")
+        if kind not in makers or (kind in ("unet", "vae")) != (kind != name):
+            raise ValueError(f"unknown case {name!r}: choose from unetN, text, vaeN, generate (e.g. unet64, vae512)")
+        cases.append(makers[kind](name, model, backend, reference))
+    return cases
+
+
+def unet_case(name, model, backend, reference):
+    size = int(name.removeprefix("unet"))
+    ours, theirs = model("unet")
+    rng = numpy.random.default_rng(1)
+    sample = rng.standard_normal((2, 4, size, size), dtype=numpy.float32)
+    context = rng.standard_normal((2, 77, 768), dtype=numpy.float32)
+    x, c = backend.asarray(sample), backend.asarray(context)
+    case = Case(f"UNet step with guidance, batch 2, {size}x{size} latent", lambda: ours(x, 981, c))
+    if theirs is not None:
+        xt, ct = reference.inputs(sample, context)
+        case.theirs = lambda: reference.run(theirs, xt, 981, ct)
+    return case
+
+
+def text_case(name, model, backend, reference):
+    ours, theirs = model("text")
+    ids = CLIPTokenizer.default().encode(["", "a photograph of an astronaut riding a horse"])  # (2, 77)
+    ids_here = backend.xp.asarray(ids)
+    case = Case("text encoder, 2 x 77 tokens", lambda: ours(ids_here))
+    if theirs is not None:
+        ids_there = reference.ids(ids)
+        case.theirs = lambda: reference.run(theirs, ids_there)
+    return case
+
+
+def vae_case(name, model, backend, reference):
+    pixels = int(name.removeprefix("vae"))
+    ours, theirs = model("vae")
+    latents = numpy.random.default_rng(2).standard_normal((1, 4, pixels // 8, pixels // 8), dtype=numpy.float32)
+    z = backend.asarray(latents)
+    case = Case(f"VAE decode to {pixels}x{pixels}", lambda: ours.decode(z))
+    if theirs is not None:
+        (zt,) = reference.inputs(latents)
+        case.theirs = lambda: reference.run(theirs.decode, zt)
+    return case
+
+
+def generate_case(name, model, backend, reference):
+    pipe = Pipeline(CLIPTokenizer.default(), model("text")[0], model("unet")[0], model("vae")[0],
+                    SD15_SCHEDULER, backend)  # fmt: skip
+    prompt = "a photograph of an astronaut riding a horse"
+    case = Case("whole 512x512 image, 50 steps, guidance 7.5",
+                lambda: pipe(prompt, steps=50, height=512, width=512, progress=False))  # fmt: skip
+    if reference:
+        theirs = reference.pipeline(model("text")[1], model("unet")[1], model("vae")[1])
+        case.theirs = lambda: theirs(prompt, num_inference_steps=50, height=512, width=512)
+    return case
+
+
+def build(kind, backend, reference):
+    """(minisd module, torch module or None) of SD 1.5's `kind` with the same random weights."""
+    module = {"unet": lambda: UNet2DConditionModel(UNetConfig()), "text": lambda: CLIPTextModel(CLIPTextConfig()),
+              "vae": lambda: AutoencoderKL(VAEConfig())}[kind]()  # fmt: skip
+    weights = random_weights(module, seed=len(kind))
+    place(module, weights, backend)
+    return module, (reference.module(kind, weights) if reference else None)
+
+
+class Reference:
+    """The same models in diffusers / transformers: float32 on the CPU, float16 + SDPA on the GPU."""
+
+    def __init__(self, backend):
         import torch
-        from diffusers import UNet2DConditionModel as Reference
+
+        self.torch = torch
+        self.device, self.dtype = ("cuda", torch.float16) if backend.name == "cupy" else ("cpu", torch.float32)
+        self.name = f"torch {torch.__version__} ({self.device}, {str(self.dtype).removeprefix('torch.')})"
+
+    def module(self, kind, weights):
+        from diffusers import AutoencoderKL as TorchVAE
+        from diffusers import UNet2DConditionModel as TorchUNet
+        from transformers import CLIPTextConfig as TorchTextConfig
+        from transformers import CLIPTextModel as TorchText
+
+        if kind == "unet":
+            module = TorchUNet(sample_size=64, cross_attention_dim=768)
+        elif kind == "vae":
+            module = TorchVAE(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                              up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, sample_size=512)  # fmt: skip
+        else:
+            module = TorchText(TorchTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                               num_attention_heads=12, projection_dim=768))  # ViT-L/14, as SD 1.5
+            weights = {key.removeprefix("text_model."): value for key, value in weights.items()}  # transformers 5: flat
+        module.load_state_dict({key: self.torch.from_numpy(value) for key, value in weights.items()})
+        return module.to(self.device).eval() if self.dtype == self.torch.float32 else module.to(self.device, self.dtype).eval()
+
+    def run(self, module, *args):
+        with self.torch.no_grad():
+            return module(*args)
+
+    def inputs(self, *arrays):
+        return [self.torch.from_numpy(a).to(self.device, self.dtype) for a in arrays]
+
+    def ids(self, ids):
+        return self.torch.from_numpy(ids).to(self.device)
+
+    def pipeline(self, text_encoder, unet, vae):
+        """diffusers' StableDiffusionPipeline around the torch modules (unwrapped)."""
+        import tempfile
+
+        from diffusers import PNDMScheduler, StableDiffusionPipeline
+        from transformers import CLIPTokenizer as TorchTokenizer
+
+        folder = tempfile.mkdtemp()
+        CLIPTokenizer.default().save(folder)  # the same vocabulary, for transformers' tokenizer
+        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=TorchTokenizer.from_pretrained(folder),
+                                       unet=unet, scheduler=PNDMScheduler.from_config(SD15_SCHEDULER),
+                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)  # fmt: skip
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def synchronize(self):
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
+
+    def peak_memory(self):
+        return self.torch.cuda.max_memory_allocated() if self.device == "cuda" else None
+
+
+# ---------------------------------------------------------------- timing
+
+
+def time_case(case, backend, reference, repeat):
+    """Median seconds of minisd and of torch, alternating call by call after a warm-up of each."""
+    synchronize = _synchronizer(backend)
+    runs = [("ours", case.ours, synchronize)] + ([("theirs", case.theirs, reference.synchronize)] if case.theirs else [])
+    times = {name: [] for name, _, _ in runs}
+    for attempt in range(repeat + 1):
+        for name, run, sync in runs:
+            start = time.perf_counter()
+            run()
+            sync()
+            if attempt:
+                times[name].append(time.perf_counter() - start)
+            if name == "theirs" and backend.name == "numpy":
+                time.sleep(0.5)  # let torch's OpenMP threads stop spinning before NumPy's BLAS runs
+    return {name: float(numpy.median(values)) for name, values in times.items()}
+
+
+def device_memory(backend, reference):
+    """(minisd's, torch's) peak device memory in bytes on the GPU; (None, None) on the CPU."""
+    if backend.name != "cupy":
+        return None, None
+    return backend.xp.get_default_memory_pool().total_bytes(), reference.peak_memory() if reference else None
+
+
+def run_benchmarks(args, backend):
+    try:
+        reference = Reference(backend)
     except ImportError:
-        return None
-    device, dtype = ("cuda", torch.float16) if backend.name == "cupy" else ("cpu", torch.float32)
-    unet = Reference(sample_size=64, cross_attention_dim=768)
-    unet.load_state_dict({key: torch.from_numpy(value) for key, value in weights.items()})
-    unet = unet.to(device, dtype).eval()
-    sample, context = (torch.from_numpy(a).to(device, dtype) for a in inputs)
-    synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    with torch.no_grad():
-        seconds = time_calls(lambda: unet(sample, 981, context), synchronize, repeat)
-    memory = torch.cuda.max_memory_allocated() if device == "cuda" else None
-    return seconds, memory, f"diffusers ({device}, {str(dtype).removeprefix('torch.')}, torch {torch.__version__})"
+        reference = None
+        print("torch/diffusers not installed: minisd only (pip install 'minisd[reference]' for the comparison)")
+    peak = sgemm_peak(backend)
+    threads = f", {reference.torch.get_num_threads()} torch threads" if reference and backend.name == "numpy" else ""
+    print(f"minisd {backend} vs {reference.name if reference else '-'}{threads}; "
+          f"median of {args.repeat}; float32 matrix-product peak {peak:.0f} GFLOP/s")  # fmt: skip
+    for case in make_cases(args.cases.split(","), backend, reference):
+        with count_flops() as flops:
+            case.ours()
+        seconds = time_case(case, backend, reference, args.repeat)
+        ours, theirs = seconds["ours"], seconds.get("theirs")
+        line = f"  {case.title:48s} minisd {ours * 1e3:9.1f} ms {flops[0] / ours / 1e9:7.0f} GFLOP/s"
+        if theirs:
+            line += f" | torch {theirs * 1e3:9.1f} ms {flops[0] / theirs / 1e9:7.0f} GFLOP/s | ratio {ours / theirs:.2f}"
+        memory = device_memory(backend, reference)
+        if memory[0]:
+            line += f" | device memory minisd {memory[0] / 2**30:.2f} GiB"
+            line += f", torch {memory[1] / 2**30:.2f} GiB" if memory[1] else ""
+        print(line, flush=True)
+    if backend.name == "cupy":
+        for head_dim in (40, 64):
+            print("  " + bench_attention(backend, head_dim))
+    print(f"  host peak RSS of this process (all models, both libraries) {peak_rss() / 1e9:.2f} GB")
 
 
 def bench_attention(backend, head_dim, tokens=4096, width=320, repeat=10):
@@ -121,56 +325,93 @@ def bench_attention(backend, head_dim, tokens=4096, width=320, repeat=10):
     rng = numpy.random.default_rng(2)
     q, k, v = (rng.standard_normal((2, tokens, width), dtype=numpy.float32) for _ in range(3))
     flops = 4 * 2 * tokens * tokens * width
-    synchronize = backend.xp.cuda.Device().synchronize if backend.name == "cupy" else (lambda: None)
     qd, kd, vd = (backend.asarray(x) for x in (q, k, v))
-    ours = time_calls(lambda: nn.attention(qd, kd, vd, heads), synchronize, repeat)
-    result = [f"attention {tokens} tokens, head dim {head_dim}: minisd {ours * 1e3:.2f} ms "
-              f"({flops / ours / 1e12:.1f} TFLOP/s)"]  # fmt: skip
+    case = Case("attention", lambda: nn.attention(qd, kd, vd, heads))
     try:
         import torch
+
+        dtype = getattr(torch, backend.dtype.name)
+        qt, kt, vt = (torch.from_numpy(x).to("cuda", dtype).view(2, tokens, heads, head_dim).transpose(1, 2)
+                      for x in (q, k, v))  # fmt: skip
+        case.theirs = lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt)
+        reference = Reference(backend)
     except ImportError:
-        return result[0]
-    device = "cuda" if backend.name == "cupy" else "cpu"
-    dtype = getattr(torch, backend.dtype.name)
-    qt, kt, vt = (torch.from_numpy(x).to(device, dtype).view(2, tokens, heads, head_dim).transpose(1, 2)
-                  for x in (q, k, v))  # fmt: skip
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    theirs = time_calls(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt), sync, repeat)
-    result.append(f"torch SDPA {theirs * 1e3:.2f} ms ({flops / theirs / 1e12:.1f} TFLOP/s), "
-                  f"ratio {ours / theirs:.2f}")  # fmt: skip
-    return ", ".join(result)
+        reference = None
+    seconds = time_case(case, backend, reference, repeat)
+    text = f"attention {tokens} tokens, head dim {head_dim}: minisd {seconds['ours'] * 1e3:.2f} ms " \
+           f"({flops / seconds['ours'] / 1e12:.1f} TFLOP/s)"  # fmt: skip
+    if "theirs" in seconds:
+        text += f", torch SDPA {seconds['theirs'] * 1e3:.2f} ms ({flops / seconds['theirs'] / 1e12:.1f} TFLOP/s), " \
+                f"ratio {seconds['ours'] / seconds['theirs']:.2f}"  # fmt: skip
+    return text
+
+
+# ---------------------------------------------------------------- memory, each in a fresh process
+
+
+MEMORY_CASES = {
+    "generate": "whole 512x512 image, 20 steps with guidance (text encoder, UNet, VAE)",
+    "tiled1024": "VAE decode to 1024x1024 with tiling",
+}
+
+
+def measure_memory(name, backend):
+    """Run one memory case in this (fresh) process; print {"seconds", "peak_rss_gb"} as JSON."""
+    start = time.perf_counter()
+    if name == "generate":
+        pipe = Pipeline(CLIPTokenizer.default(), build("text", backend, None)[0], build("unet", backend, None)[0],
+                        build("vae", backend, None)[0], SD15_SCHEDULER, backend)  # fmt: skip
+        start = time.perf_counter()
+        pipe("a photograph of an astronaut riding a horse", steps=20, height=512, width=512, progress=False)
+    else:
+        vae = build("vae", backend, None)[0]
+        start = time.perf_counter()
+        vae.decode(backend.asarray(numpy.random.default_rng(3).standard_normal((1, 4, 128, 128), dtype="float32")),
+                   tiled=True)  # fmt: skip
+    print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss_gb": peak_rss() / 1e9}))
+
+
+def peak_rss():
+    """This process's peak resident memory in bytes. Linux's VmHWM starts afresh at exec; the
+    rusage maximum does not (a child forked from a large process inherits its peak)."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+
+
+def run_memory(backend):
+    print(f"peak RSS, each case in a fresh process ({backend}, random SD 1.5 weights):")
+    for name, title in MEMORY_CASES.items():
+        command = [sys.executable, "-m", "minisd.bench", "--backend", backend.name, "--dtype", backend.dtype.name,
+                   "--weights-dtype", backend.weights_dtype.name, "--memory-case", name]  # fmt: skip
+        run = subprocess.run(command, capture_output=True, text=True, check=True)
+        report = json.loads(run.stdout.strip().splitlines()[-1])
+        print(f"  {title:70s} {report['peak_rss_gb']:5.2f} GB  ({report['seconds']:.1f} s)", flush=True)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
-    parser.add_argument("--dtype", choices=["float32", "float16"], default=None, help="default: float32 on numpy, float16 on cupy")
-    parser.add_argument("--latent", type=int, default=64, help="latent height = width (64 for 512x512 images)")
+    parser.add_argument("--dtype", choices=["float32", "float16"], default=None,
+                        help="default: float32 on numpy, float16 on cupy")  # fmt: skip
+    parser.add_argument("--weights-dtype", choices=["float32", "float16"],
+                        help="keep weight matrices in this dtype (default: --dtype); see Backend")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--cases", help=f"comma-separated (default: {','.join(CPU_CASES)} on numpy, "
+                                        f"{','.join(GPU_CASES)} on cupy)")  # fmt: skip
+    parser.add_argument("--memory", action="store_true", help="also measure peak RSS of a whole generation "
+                                                              "and a tiled 1024x1024 decode, in fresh processes")  # fmt: skip
+    parser.add_argument("--memory-case", choices=sorted(MEMORY_CASES), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    backend = Backend(args.backend, args.dtype or ("float16" if args.backend == "cupy" else "float32"))
-    config = UNetConfig()
-    rng = numpy.random.default_rng(1)
-    inputs = (rng.standard_normal((2, 4, args.latent, args.latent), dtype=numpy.float32),
-              rng.standard_normal((2, 77, config.cross_attention_dim), dtype=numpy.float32))  # fmt: skip
-    unet = UNet2DConditionModel(config)
-    weights = random_weights(unet)
-    seconds, flops, memory = bench_minisd(backend, unet, weights, inputs, args.repeat)
-    rows = [(f"minisd ({backend.name}, {backend.dtype.name})", seconds, memory)]
-    reference = bench_diffusers(backend, weights, inputs, args.repeat)
-    if reference:
-        rows.append((reference[2], reference[0], reference[1]))
-    print(f"SD 1.5 UNet, one guidance step: batch 2, {args.latent}x{args.latent} latent, "
-          f"{flops / 1e12:.3f} TFLOP counted, median of {args.repeat}")  # fmt: skip
-    for name, secs, mem in rows:
-        mem_text = f", peak device memory {mem / 2**30:.2f} GiB" if mem else ""
-        print(f"  {name:45s} {secs * 1e3:9.1f} ms  {flops / secs / 1e12:7.2f} TFLOP/s{mem_text}")
-    if reference:
-        print(f"  ratio minisd / diffusers: {seconds / reference[0]:.2f}")
-    print(f"  host peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB")
-    if backend.name == "cupy":
-        for head_dim in (40, 64):
-            print("  " + bench_attention(backend, head_dim))
+    backend = Backend(args.backend, args.dtype or ("float16" if args.backend == "cupy" else "float32"), args.weights_dtype)
+    if args.memory_case:
+        return measure_memory(args.memory_case, backend)
+    args.cases = args.cases or ",".join(GPU_CASES if args.backend == "cupy" else CPU_CASES)
+    if args.memory:  # first, while this process is small
+        run_memory(backend)
+    run_benchmarks(args, backend)
 
 
 if __name__ == "__main__":

@@ -27,13 +27,18 @@ class ResnetBlock2D(Module):
             self.conv_shortcut = Conv2d(in_channels, out_channels, 1)
 
     def __call__(self, x, temb=None):  # (B, C_in, H, W) -> (B, C_out, H, W)
-        h = self.conv1(silu(self.norm1(x)))
+        h = self.conv1(silu_in_place(self.norm1(x)))
         if temb is not None:
             h += self.time_emb_proj(silu(temb))[:, :, None, None]  # one shift per channel
-        h = self.conv2(silu(self.norm2(h)))
+        h = self.conv2(silu_in_place(self.norm2(h)))
         if hasattr(self, "conv_shortcut"):
             x = self.conv_shortcut(x)
         return x + h
+
+
+def silu_in_place(h):
+    """SiLU over a norm's fresh output, written over it (no second image-sized array)."""
+    return silu(h, out=h)
 
 
 class Attention(Module):
@@ -105,6 +110,10 @@ def upsample_nearest(x, size):
     Output index i reads input index floor(i·h/H), computed in float32 as PyTorch does.
     """
     xp = array_module(x)
+    if tuple(size) == (2 * x.shape[2], 2 * x.shape[3]):  # the usual doubling: floor(i/2), by broadcasting
+        y = xp.empty((*x.shape[:2], x.shape[2], 2, x.shape[3], 2), x.dtype)
+        y[...] = x[:, :, :, None, :, None]  # (B, C, h, 2, w, 2): each pixel into a 2×2 block
+        return y.reshape(*x.shape[:2], *size)
     rows, cols = (
         xp.minimum(xp.floor(xp.arange(out, dtype="float32") * xp.float32(inp / out)), inp - 1).astype("int64")
         for inp, out in zip(x.shape[2:], size)

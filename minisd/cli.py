@@ -33,8 +33,13 @@ def parse_args(argv):
                         "prediction_type=epsilon, image_size=512, family=sd2 (repeatable)")
     parser.add_argument("--init-image", help="start from this image (img2img)")
     parser.add_argument("--strength", type=float, default=0.8, help="img2img: how much to change (0, 1]")
+    parser.add_argument("--vae-tiling", action="store_true", help="decode images larger than the model's size "
+                        "in blended tiles (memory of one tile; slightly different pixels)")
     parser.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    parser.add_argument("--weights-dtype", choices=["float32", "float16"],
+                        help="keep the weight matrices in this dtype (default: --dtype); float16 with "
+                        "--dtype float32 halves the weights' memory and computes in float32")
     parser.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
     return parser.parse_args(argv)
 
@@ -60,7 +65,7 @@ def main(argv=None):
     try:
         check_output(output, args.force)
         config = dict(args.config) if args.config else None
-        pipe = load(args.weights or default_model_folder(), args.backend, args.dtype, config)
+        pipe = load(args.weights or default_model_folder(), args.backend, args.dtype, config, args.weights_dtype)
         options = generation_options(pipe, args)
         if args.init_image:
             image = pipe.img2img(args.prompt, args.init_image, strength=args.strength, **options)
@@ -90,7 +95,7 @@ def generation_options(pipe, args):
     guidance = pipe.defaults["guidance"] if args.guidance is None else args.guidance
     return dict(negative_prompt=args.negative, steps=steps, guidance=guidance, seed=args.seed, height=height,
                 width=width, scheduler=args.scheduler, eta=args.eta, clip_skip=args.clip_skip,
-                long_prompt=args.long_prompt)  # fmt: skip
+                long_prompt=args.long_prompt, vae_tiling=args.vae_tiling)  # fmt: skip
 
 
 def png_text(args, options, pipe, image):
@@ -101,10 +106,14 @@ def png_text(args, options, pipe, image):
               "steps": options["steps"], "scheduler": scheduler, "guidance": options["guidance"], "eta": args.eta,
               "size": f"{image.width}x{image.height}", "model": pipe.name, "backend": f"{args.backend}/{args.dtype}",
               "software": "minisd"}  # fmt: skip
+    if args.weights_dtype:
+        fields.update(weights_dtype=args.weights_dtype)
     if args.clip_skip:
         fields.update(clip_skip=args.clip_skip)
     if args.long_prompt != "truncate":
         fields.update(long_prompt=args.long_prompt)
+    if args.vae_tiling:
+        fields.update(vae_tiling=True)
     if args.init_image:
         fields.update(init_image=Path(args.init_image).name, strength=args.strength)
     for key, value in fields.items():

@@ -10,8 +10,9 @@ import contextlib
 import dataclasses
 import math
 
-from . import cuda
+from . import cuda, winograd
 from .backend import array_module, on_gpu
+from .parallel import elementwise, in_blocks
 
 
 class Config:
@@ -131,13 +132,48 @@ class Linear(Module):
 
 
 class Conv2d(Module):
+    """A convolution layer: `conv2d`, or on the CPU, for the large 3×3 layers where it pays,
+    Winograd's algorithm (winograd.py), which gives the same result with fewer multiplications."""
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0):
         self.weight = Param(out_channels, in_channels, kernel_size, kernel_size)
         self.bias = Param(out_channels)
         self.stride, self.padding = stride, padding
+        self.transformed = None  # (weight, its Winograd transform), made on first use
+        self.keep_transformed = True  # False: transform on every call, keep nothing (the VAE)
 
     def __call__(self, x):  # (B, C_in, H, W) -> (B, C_out, H', W')
+        if (self.weight.shape[2:], self.stride, self.padding) == ((3, 3), 1, 1) and winograd_pays(x):
+            return winograd.conv3x3(x, self.winograd_kernels(x.dtype), self.bias)
         return conv2d(x, self.weight, self.bias, self.stride, self.padding)
+
+    def winograd_kernels(self, dtype):
+        """The kernels transformed for Winograd (in the activations' dtype), once per weight array:
+        they stay the same from step to step, and the transform of a 1280-channel layer takes
+        longer than its convolution."""
+        if self.transformed is None or self.transformed[0] is not self.weight:
+            kernels = winograd.transform_kernels(self.weight.astype(dtype, copy=False))
+            if not self.keep_transformed:
+                return kernels
+            self.transformed = (self.weight, kernels)
+        return self.transformed[1]
+
+
+def drop_transformed_kernels(root):
+    """Free the Winograd kernels the Conv2d layers below `root` keep (0.56 GB for SD 1.5's UNet
+    in float32); they are made again on next use."""
+    for _, module in root.named_modules():
+        if isinstance(module, Conv2d):
+            module.transformed = None
+
+
+def winograd_pays(x):
+    """Whether Winograd beats im2col for input x, as measured on SD's layers on a CPU: it needs
+    many output tiles to share each transformed kernel (32×32 pixels and more: a 512×512 image's
+    UNet levels 64 and 32) and enough input channels for its 16 products to run near BLAS peak
+    (256 and more: the 128-channel VAE layers stay with im2col). The GPU keeps cuBLAS im2col."""
+    channels, height, width = x.shape[1:]
+    return not on_gpu(x) and channels >= 256 and height * width >= 32 * 32
 
 
 class GroupNorm(Module):
@@ -172,76 +208,130 @@ class Embedding(Module):
 
 
 def linear(x, weight, bias=None):
-    """y = x Wᵀ + b, with W stored (out, in) as in PyTorch checkpoints."""
-    y = x @ weight.T
+    """y = x Wᵀ + b, with W stored (out, in) as in PyTorch checkpoints.
+
+    All leading axes (batch, tokens) are flattened into one: a single large matrix product
+    runs faster than one per batch element, which is what `@` on a 3-D x would do.
+    """
+    y = x.reshape(-1, x.shape[-1]) @ weight.T  # (B·T, out)
     if bias is not None:
         y += bias
-    return y
+    return y.reshape(*x.shape[:-1], weight.shape[0])
 
 
 def conv2d(x, weight, bias, stride=1, padding=0):
-    """2-D convolution as one matrix product (im2col).
+    """2-D convolution as matrix products (im2col).
 
-    Every output pixel sees a kh x kw window of every input channel; gathering those windows
-    into columns turns the convolution into (B, H'W', C·kh·kw) @ (C·kh·kw, C_out).
+    Every output pixel sees a kh×kw window of every input channel; gathering those windows into
+    columns turns the convolution into kernel (C_out, C·kh·kw) @ columns (C·kh·kw, H'W'), and
+    the product comes out already in (C_out, H', W') order. Small feature maps put all images
+    of the batch side by side in one product (wider products run faster); on the CPU, large
+    ones gather the columns of a strip of output rows at a time, so they stay under
+    CONV_COLUMN_ELEMENTS (all of them would be kh·kw = 9 times the input: 1.2 GB for a 512×512
+    VAE layer).
     """
     xp = array_module(x)
     batch, _, height, width = x.shape
     out_channels, in_channels, kh, kw = weight.shape
-    if padding:
-        x = xp.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     out_h = (height + 2 * padding - kh) // stride + 1
     out_w = (width + 2 * padding - kw) // stride + 1
-    if kh == kw == 1 and stride == 1:
-        columns = x.reshape(batch, in_channels, out_h * out_w).transpose(0, 2, 1)
-    else:
-        columns = im2col(x, kh, kw, stride, out_h, out_w)  # (B, H'W', C·kh·kw)
-    y = columns @ weight.reshape(out_channels, -1).T  # (B, H'W', C_out)
-    y += bias
-    return y.transpose(0, 2, 1).reshape(batch, out_channels, out_h, out_w)
+    kernel = weight.reshape(out_channels, -1)  # (C_out, C·kh·kw)
+    if kh == kw == 1 and stride == 1 and padding == 0:  # a 1×1 conv is a linear layer over the channels
+        y = kernel @ x.reshape(batch, in_channels, out_h * out_w)  # (B, C_out, H'W')
+        y += bias[:, None]
+        return y.reshape(batch, out_channels, out_h, out_w)
+    if on_gpu(x) or batch * kernel.shape[1] * out_h * out_w <= CONV_COLUMN_ELEMENTS:  # every image at once
+        x = xp.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+        columns = im2col(x.transpose(1, 0, 2, 3), kh, kw, stride, out_h, out_w)  # (C·kh·kw, B·H'W')
+        y = (kernel @ columns).reshape(out_channels, batch, out_h, out_w)
+        y += bias[:, None, None, None]
+        return xp.ascontiguousarray(y.transpose(1, 0, 2, 3))  # (B, C_out, H', W')
+    y = xp.empty((batch, out_channels, out_h, out_w), x.dtype)
+    strip = max(1, CONV_COLUMN_ELEMENTS // (kernel.shape[1] * out_w))  # output rows per strip
+    for b in range(batch):
+        for top in range(0, out_h, strip):
+            rows = min(strip, out_h - top)
+            window = padded_rows(x[b], top * stride, (top + rows - 1) * stride + kh, padding)  # what the strip sees
+            out = y[b, :, top : top + rows].reshape(out_channels, rows * out_w)  # a view into y
+            xp.matmul(kernel, im2col(window, kh, kw, stride, rows, out_w), out=out)
+    y += bias[:, None, None]
+    return y
+
+
+def padded_rows(x, start, stop, padding):
+    """Rows start..stop (counted with the padding) of x (C, H, W) zero-padded by `padding` on
+    every side: one strip is padded at a time, never a copy of the whole input."""
+    height = x.shape[1]
+    inner = x[:, max(start - padding, 0) : min(stop - padding, height)]
+    above, below = max(padding - start, 0), max(stop - padding - height, 0)
+    return array_module(x).pad(inner, ((0, 0), (above, below), (padding, padding)))
+
+
+# Columns of one strip: 4 Mi floats = 16 MB in float32, which the L3 cache mostly holds.
+CONV_COLUMN_ELEMENTS = 4 * 2**20
 
 
 def im2col(x, kh, kw, stride, out_h, out_w):
-    """(B, C, H, W) padded input -> (B, out_h·out_w, C·kh·kw) columns of sliding windows."""
+    """(C, [B,] H, W) padded input -> (C·kh·kw, [B·]out_h·out_w): column p holds the window of
+    output pixel p (of every image, when x holds a batch)."""
     xp = array_module(x)
-    batch, channels = x.shape[:2]
     shifted = [
-        x[:, :, i : i + stride * out_h : stride, j : j + stride * out_w : stride]
+        x[..., i : i + stride * out_h : stride, j : j + stride * out_w : stride]
         for i in range(kh)
         for j in range(kw)
     ]
-    columns = xp.stack(shifted, axis=2)  # (B, C, kh·kw, H', W')
-    columns = columns.reshape(batch, channels * kh * kw, out_h * out_w)
-    return columns.transpose(0, 2, 1)
+    columns = xp.stack(shifted, axis=1)  # (C, kh·kw, [B,] H', W')
+    return columns.reshape(x.shape[0] * kh * kw, -1)
 
 
 def group_norm(x, num_groups, weight, bias, eps):
     """Normalise each group of channels over (channels in group, H, W), then scale and shift.
 
-    Statistics are taken in float32 even for float16 inputs (a float16 sum overflows).
+    Statistics are taken in float32 even for float16 inputs (a float16 sum overflows). Groups
+    are independent, so they are normalised a few at a time, on every core (parallel.py).
     """
+    xp = array_module(x)
     batch, channels = x.shape[:2]
-    grouped = x.reshape(batch, num_groups, -1).astype("float32", copy=False)  # (B, G, C/G·H·W)
-    mean = grouped.mean(axis=-1, keepdims=True)
-    var = ((grouped - mean) ** 2).mean(axis=-1, keepdims=True)
-    normed = ((grouped - mean) / (var + eps) ** 0.5).reshape(x.shape)
-    affine_shape = (1, channels) + (1,) * (x.ndim - 2)
-    y = normed * weight.reshape(affine_shape) + bias.reshape(affine_shape)
-    return y.astype(x.dtype, copy=False)
+    group_size = channels // num_groups
+    groups = x.reshape(batch * num_groups, group_size, -1)  # (B·G, C/G, H·W)
+    out = xp.empty_like(groups)
+    weight, bias = weight.reshape(num_groups, group_size, 1), bias.reshape(num_groups, group_size, 1)
+
+    def normalize(items):
+        g = groups[items].astype("float32", copy=False)
+        mean = g.mean(axis=(1, 2), keepdims=True)
+        centered = g - mean
+        var = (centered * centered).mean(axis=(1, 2), keepdims=True)
+        which = xp.arange(items.start, items.stop) % num_groups  # the group each item is
+        scale = weight[which] / (var + eps) ** 0.5  # (items, C/G, 1): one multiply per channel
+        centered *= scale
+        centered += bias[which]
+        out[items] = centered
+
+    in_blocks(normalize, batch * num_groups, groups[0].size, x)
+    return out.reshape(x.shape)
 
 
 def layer_norm(x, weight, bias, eps):
-    """Normalise over the last axis (the feature vector of each token), statistics in float32."""
-    x32 = x.astype("float32", copy=False)
-    mean = x32.mean(axis=-1, keepdims=True)
-    var = ((x32 - mean) ** 2).mean(axis=-1, keepdims=True)
-    y = (x32 - mean) / (var + eps) ** 0.5 * weight + bias
-    return y.astype(x.dtype, copy=False)
+    """Normalise over the last axis (the feature vector of each token), statistics in float32.
+    Tokens are independent: a block of them at a time, on every core (parallel.py)."""
+    xp = array_module(x)
+    tokens = x.reshape(-1, x.shape[-1])  # (N, D)
+    out = xp.empty_like(tokens)
+
+    def normalize(items):
+        t = tokens[items].astype("float32", copy=False)
+        centered = t - t.mean(axis=-1, keepdims=True)
+        var = (centered * centered).mean(axis=-1, keepdims=True)
+        out[items] = centered / (var + eps) ** 0.5 * weight + bias
+
+    in_blocks(normalize, tokens.shape[0], tokens.shape[1], x)
+    return out.reshape(x.shape)
 
 
 def softmax_in_place(x):
-    """softmax over the last axis, overwriting `x` (the score matrix is the largest array
-    attention makes, so no copy of it is taken). Subtracting the row max keeps exp finite."""
+    """softmax over the last axis, overwriting `x` (a score matrix is large: no copy of it is
+    taken). Subtracting the row max keeps exp finite."""
     xp = array_module(x)
     x -= x.max(axis=-1, keepdims=True)
     xp.exp(x, out=x)
@@ -249,36 +339,50 @@ def softmax_in_place(x):
     return x
 
 
-# Scores of (query chunk x keys x heads x batch) are kept under this many elements
-# (16 Mi floats = 64 MB in float32), so 4096-token self-attention never builds all at once.
-ATTENTION_CHUNK_ELEMENTS = 16 * 2**20
+# Scores of (query rows x keys) for the heads one block of work handles are kept under this
+# many elements: 1 Mi floats = 4 MB in float32 on the CPU, so the softmax passes stay in the
+# cache (256 query rows of 4096 keys). On the GPU, 16 Mi floats (64 MB) per query chunk.
+ATTENTION_SCORES_CPU = 2**20
+ATTENTION_SCORES_GPU = 16 * 2**20
 
 
 def attention(q, k, v, heads, mask=None):
     """Multi-head scaled dot-product attention: softmax(Q Kᵀ / √d + mask) V.
 
     q: (B, Tq, heads·d), k and v: (B, Tk, heads·d), mask broadcastable to (Tq, Tk) with
-    -inf (or a large negative number) where a query may not look. Queries are processed in
-    chunks so the score matrix stays under ATTENTION_CHUNK_ELEMENTS; scores and softmax are
-    float32 whatever the input dtype. On the GPU, kernels/attention.cu computes the same thing
-    in one fused pass for the head dims it covers.
+    -inf (or a large negative number) where a query may not look. Heads are independent, and
+    so are query rows: on the CPU a few heads at a time, on every core, each in chunks of rows
+    small enough that the score matrix never exists whole (4096 tokens, 8 heads, batch 2 would
+    be 1 GB). Scores, softmax and the weighted sum are float32 whatever the input dtype; the
+    division by the softmax sum is done on the (rows, d) output instead of the (rows, Tk)
+    weights. On the GPU, kernels/attention.cu does all of it in one fused pass for the head
+    dims it covers.
     """
     if on_gpu(q) and cuda.attention_supported(q, k, heads):
         return cuda.attention(q, k, v, heads, mask)
     xp = array_module(q)
     batch, q_len, width = q.shape
-    head_dim = width // heads
-    q, k, v = (split_heads(t, heads) for t in (q, k, v))  # (B, heads, T, d)
-    q = q * (1 / math.sqrt(head_dim))
+    k_len = k.shape[1]
+    q = split_heads(q * (1 / math.sqrt(width // heads)), heads)  # (B·heads, Tq, d)
+    k, v = split_heads(k, heads), split_heads(v, heads)  # (B·heads, Tk, d)
     out = xp.empty_like(q)
-    chunk = max(1, ATTENTION_CHUNK_ELEMENTS // (batch * heads * k.shape[2]))
-    for start in range(0, q_len, chunk):
-        rows = slice(start, start + chunk)
-        scores = (q[:, :, rows] @ k.transpose(0, 1, 3, 2)).astype("float32", copy=False)  # (B, heads, chunk, Tk)
-        if mask is not None:
-            scores += mask[rows]
-        out[:, :, rows] = softmax_in_place(scores).astype(v.dtype, copy=False) @ v
-    return out.transpose(0, 2, 1, 3).reshape(batch, q_len, width)  # (B, Tq, heads·d)
+    scores_limit = ATTENTION_SCORES_GPU if on_gpu(q) else ATTENTION_SCORES_CPU
+
+    def attend(items):  # a slice of the B·heads heads
+        keys = xp.ascontiguousarray(k[items].transpose(0, 2, 1))  # (heads, d, Tk)
+        values = v[items].astype("float32", copy=False)
+        rows = max(1, scores_limit // ((items.stop - items.start) * k_len))
+        for start in range(0, q_len, rows):
+            r = slice(start, start + rows)
+            scores = (q[items, r] @ keys).astype("float32", copy=False)  # (heads, rows, Tk)
+            if mask is not None:
+                scores += mask[r]
+            scores -= scores.max(axis=-1, keepdims=True)
+            xp.exp(scores, out=scores)
+            out[items, r] = (scores @ values) / scores.sum(axis=-1, keepdims=True)  # (heads, rows, d)
+
+    in_blocks(attend, batch * heads, q_len * k_len, q)
+    return merge_heads(out, batch)  # (B, Tq, heads·d)
 
 
 def attention_weights(q, k, heads):
@@ -287,16 +391,22 @@ def attention_weights(q, k, heads):
     The weights `attention` mixes the values with (it makes them chunk by chunk and keeps none);
     chapter 7 draws cross-attention maps from them. q: (B, Tq, heads·d), k: (B, Tk, heads·d).
     """
-    head_dim = q.shape[-1] // heads
-    q, k = split_heads(q, heads), split_heads(k, heads)  # (B, heads, T, d)
-    scores = ((q * (1 / math.sqrt(head_dim))) @ k.transpose(0, 1, 3, 2)).astype("float32", copy=False)
-    return softmax_in_place(scores)
+    batch, q_len, width = q.shape
+    q, k = split_heads(q * (1 / math.sqrt(width // heads)), heads), split_heads(k, heads)  # (B·heads, T, d)
+    scores = (q @ k.transpose(0, 2, 1)).astype("float32", copy=False)  # (B·heads, Tq, Tk)
+    return softmax_in_place(scores).reshape(batch, heads, q_len, -1)
 
 
 def split_heads(x, heads):
-    """(B, T, heads·d) -> (B, heads, T, d)"""
+    """(B, T, heads·d) -> (B·heads, T, d): one contiguous (T, d) matrix per head."""
     batch, length, width = x.shape
-    return x.reshape(batch, length, heads, width // heads).transpose(0, 2, 1, 3)
+    return x.reshape(batch, length, heads, width // heads).transpose(0, 2, 1, 3).reshape(batch * heads, length, -1)
+
+
+def merge_heads(x, batch):
+    """(B·heads, T, d) -> (B, T, heads·d), the inverse of split_heads."""
+    heads, length, head_dim = x.shape[0] // batch, x.shape[1], x.shape[2]
+    return x.reshape(batch, heads, length, head_dim).transpose(0, 2, 1, 3).reshape(batch, length, heads * head_dim)
 
 
 # ---------------------------------------------------------------- activations
@@ -308,35 +418,55 @@ def sigmoid(x):
     return 0.5 * (1 + xp.tanh(0.5 * x))
 
 
-def silu(x):
-    return x * sigmoid(x)
+# The activations run block by block on every core (parallel.elementwise): each is about ten
+# NumPy operations, and a block keeps their temporaries in the cache.
+
+
+def silu(x, out=None):
+    """x·σ(x); silu(h, out=h) overwrites h (a norm's output that nothing else reads)."""
+    return elementwise(lambda x: x * sigmoid(x), x, out=out)
 
 
 def quick_gelu(x):
     """CLIP's GELU approximation: x·σ(1.702x)."""
-    return x * sigmoid(1.702 * x)
+    return elementwise(lambda x: x * sigmoid(1.702 * x), x)
 
 
 def gelu(x):
-    """Exact GELU: x·Φ(x) = x·½·erfc(-x/√2)."""
-    return 0.5 * x * erfc(-x * (1 / math.sqrt(2)))
+    """Exact GELU: x·Φ(x), with Φ(x) = ½·erfc(-x/√2) the normal distribution's CDF.
+
+    x·erf(x/√2) is even in x, so x·Φ(x) = ½·(x + |x| - |x|·erfc(|x|/√2)): erfc is needed only
+    at non-negative arguments (no branch on the sign), and for large negative x the two first
+    terms cancel exactly, leaving the tiny true value.
+    """
+
+    def equation(x):
+        xp = array_module(x)
+        magnitude = xp.abs(x)
+        y = x + magnitude
+        y -= magnitude * erfc_nonnegative(magnitude * (1 / math.sqrt(2)))
+        y *= 0.5
+        return y
+
+    return elementwise(equation, x)
 
 
-def erfc(x):
-    """Complementary error function, fractional error < 1.2e-7 everywhere.
+def erfc_nonnegative(z):
+    """Complementary error function for z ≥ 0, fractional error < 1.2e-7.
 
     NumPy has no erf; this is the Chebyshev fit from Numerical Recipes (Press et al.,
-    3rd ed., §6.2.2): erfc(z) ≈ t·exp(-z² + P(t)) with t = 1/(1 + z/2), for z = |x|,
-    and erfc(-z) = 2 - erfc(z).
+    3rd ed., §6.2.2): erfc(z) ≈ t·exp(-z² + P(t)) with t = 1/(1 + z/2).
     """
-    xp = array_module(x)
-    z = xp.abs(x)
+    xp = array_module(z)
     t = 1 / (1 + 0.5 * z)
-    poly = ERFC_COEFFICIENTS[0]
-    for coefficient in ERFC_COEFFICIENTS[1:]:  # Horner's rule
-        poly = poly * t + coefficient
-    tail = t * xp.exp(poly - z * z)
-    return xp.where(x >= 0, tail, 2 - tail)
+    poly = xp.full_like(t, ERFC_COEFFICIENTS[0])
+    for coefficient in ERFC_COEFFICIENTS[1:]:  # Horner's rule, in place (no new arrays)
+        poly *= t
+        poly += coefficient
+    poly -= z * z
+    tail = xp.exp(poly, out=poly)
+    tail *= t
+    return tail
 
 
 # P(t), highest power first (Numerical Recipes' erfcc).

@@ -18,6 +18,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .backend import Backend
+from .nn import drop_transformed_kernels
 from .rng import TorchGenerator
 from .samplers import make_scheduler
 from .single_file import read_single_file
@@ -35,14 +36,16 @@ class Step:
     noise_pred: object  # the guided noise prediction ε at this step, (1, 4, h, w)
 
 
-def load(path, backend="numpy", dtype="float32", config=None):
+def load(path, backend="numpy", dtype="float32", config=None, weights_dtype=None):
     """Load a Stable Diffusion model into a Pipeline: a diffusers-layout folder, or one
     single-file .safetensors checkpoint in the original layout (minisd.single_file).
 
     config (single files only) corrects what detection guesses: {"family": "sd1" | "sd2",
     "prediction_type": "epsilon" | "v_prediction", "image_size": 512}.
+    weights_dtype="float16" with dtype="float32" keeps the weight matrices in half the memory
+    and computes in float32 (see Backend).
     """
-    backend = Backend(backend, dtype)
+    backend = Backend(backend, dtype, weights_dtype)
     if Path(path).suffix == ".safetensors" and Path(path).is_file():
         return Pipeline(**read_single_file(path, backend, _vae_backend(backend, force_upcast=True), config))
     if config is not None:
@@ -106,18 +109,21 @@ class Pipeline:
     # ------------------------------------------------------------ public API
 
     def __call__(self, prompt, negative_prompt="", steps=None, guidance=None, seed=0, height=None,
-                 width=None, scheduler=None, eta=0.0, latents=None, progress=True, **text_options):  # fmt: skip
-        """Text to image: returns a PIL image. text_options: clip_skip, long_prompt (encode_prompt)."""
+                 width=None, scheduler=None, eta=0.0, latents=None, progress=True, vae_tiling=False,
+                 **text_options):  # fmt: skip
+        """Text to image: returns a PIL image. text_options: clip_skip, long_prompt (encode_prompt).
+        vae_tiling=True decodes images larger than the model's size in tiles (see decode)."""
         loop = self.denoise(prompt, negative_prompt, steps, guidance, seed, height, width, scheduler, eta, latents,
                             **text_options)  # fmt: skip
-        return self.decode(self._run(loop, progress))
+        return self.decode(self._run(loop, progress), vae_tiling)
 
     def img2img(self, prompt, image, strength=0.8, negative_prompt="", steps=None, guidance=None, seed=0,
-                height=None, width=None, scheduler=None, eta=0.0, progress=True, **text_options):  # fmt: skip
+                height=None, width=None, scheduler=None, eta=0.0, progress=True, vae_tiling=False,
+                **text_options):  # fmt: skip
         """Image to image: noise `image` up to `strength` (0 < strength <= 1), then denoise."""
         loop = self.denoise(prompt, negative_prompt, steps, guidance, seed, height, width, scheduler, eta,
                             image=image, strength=strength, **text_options)  # fmt: skip
-        return self.decode(self._run(loop, progress))
+        return self.decode(self._run(loop, progress), vae_tiling)
 
     def denoise(self, prompt, negative_prompt="", steps=None, guidance=None, seed=0, height=None, width=None,
                 scheduler=None, eta=0.0, latents=None, image=None, strength=1.0, clip_skip=0,
@@ -150,6 +156,7 @@ class Pipeline:
             noise_pred = self.predict_noise(scheduler.scale_model_input(latents, t), t, context, guidance)
             latents = scheduler.step(noise_pred, t, latents, eta=eta, noise=noise)
             yield Step(index, len(timesteps), t.item(), latents, noise_pred)
+        drop_transformed_kernels(self.unet)  # the loop's cache, not needed while the VAE decodes
 
     def encode_prompt(self, prompt, negative_prompt="", guidance=7.5, clip_skip=0, long_prompt="truncate"):
         """Prompt -> text embeddings (1, 77, D); with guidance > 1, [negative; prompt] (2, 77, D).
@@ -191,10 +198,12 @@ class Pipeline:
         noise_uncond, noise_text = noise[:1], noise[1:]  # each (1, 4, h, w)
         return noise_uncond + guidance * (noise_text - noise_uncond)
 
-    def decode(self, latents):
-        """Latents (1, 4, h, w) -> PIL image, through the VAE decoder."""
+    def decode(self, latents, vae_tiling=False):
+        """Latents (1, 4, h, w) -> PIL image, through the VAE decoder; with vae_tiling, latents
+        larger than the model's size are decoded in blended tiles of that size (AutoencoderKL.decode):
+        a 1024x1024 image from SD 1.5 then needs the memory of a 512x512 one."""
         latents = self.vae_backend.asarray(latents / self.vae.config.scaling_factor)
-        images = self.vae.decode(latents)  # (1, 3, H, W) in [-1, 1]
+        images = self.vae.decode(latents, tiled=vae_tiling)  # (1, 3, H, W) in [-1, 1]
         return to_pil(self.vae_backend.to_host(images).astype(numpy.float32))
 
     def encode_image(self, image):

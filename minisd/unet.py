@@ -11,8 +11,9 @@ import math
 from dataclasses import dataclass
 
 from .backend import array_module
-from .blocks import Attention, Downsample2D, ResnetBlock2D, Upsample2D
+from .blocks import Attention, Downsample2D, ResnetBlock2D, Upsample2D, silu_in_place
 from .nn import Config, Conv2d, GroupNorm, LayerNorm, Linear, Module, gelu, silu
+from .parallel import elementwise
 
 
 @dataclass
@@ -120,7 +121,7 @@ class UNet2DConditionModel(Module):
             block_skips, skips = skips[-len(block.resnets):], skips[: -len(block.resnets)]
             upsample_size = skips[-1].shape[2:] if skips else None
             x = block(x, block_skips, emb, encoder_hidden_states, upsample_size)
-        return self.conv_out(silu(self.conv_norm_out(x)))  # (B, 4, h, w)
+        return self.conv_out(silu_in_place(self.conv_norm_out(x)))  # (B, 4, h, w)
 
 
 def timestep_embedding(timesteps, dim, flip_sin_to_cos=True, freq_shift=0):
@@ -230,7 +231,7 @@ class GEGLU(Module):
         projected = self.proj(x)  # (B, T, 2·inner)
         half = projected.shape[-1] // 2
         hidden, gate = projected[..., :half], projected[..., half:]
-        return hidden * gelu(gate)
+        return elementwise(lambda hidden, gate: hidden * gelu(gate), hidden, gate)
 
 
 # ---------------------------------------------------------------- down, mid and up blocks

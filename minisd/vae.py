@@ -7,8 +7,9 @@ latent space, where it is 48× cheaper. Every GroupNorm here uses eps 1e-6.
 
 from dataclasses import dataclass
 
-from .blocks import Downsample2D, ResnetBlock2D, SpatialSelfAttention, Upsample2D
-from .nn import Config, Conv2d, GroupNorm, Module, silu
+from .backend import array_module
+from .blocks import Downsample2D, ResnetBlock2D, SpatialSelfAttention, Upsample2D, silu_in_place
+from .nn import Config, Conv2d, GroupNorm, Module
 
 EPS = 1e-6
 
@@ -43,6 +44,9 @@ class AutoencoderKL(Module):
             self.quant_conv = Conv2d(2 * latent, 2 * latent, 1)
         if config.use_post_quant_conv:
             self.post_quant_conv = Conv2d(latent, latent, 1)
+        for _, module in self.named_modules():  # it decodes once per image: keeping its convolutions'
+            if isinstance(module, Conv2d):  # Winograd kernels would hold memory (0.34 GB for SD's) for nothing
+                module.keep_transformed = False
 
     def encode(self, images):
         """(B, 3, H, W) in [-1, 1] -> posterior mean and log-variance, each (B, 4, H/8, W/8)."""
@@ -53,11 +57,66 @@ class AutoencoderKL(Module):
         mean, logvar = moments[:, :latent], moments[:, latent:]
         return mean, logvar.clip(-30.0, 20.0)
 
-    def decode(self, latents):
-        """(B, 4, h, w) unscaled latents -> (B, 3, 8h, 8w) images, roughly in [-1, 1]."""
+    def decode(self, latents, tiled=False):
+        """(B, 4, h, w) unscaled latents -> (B, 3, 8h, 8w) images, roughly in [-1, 1].
+
+        tiled=True decodes latents larger than the training size in overlapping tiles of that
+        size (see tiled_decode), so memory stays that of one tile however large the image.
+        """
+        if tiled and max(latents.shape[2:]) > self.tile_latent_size:
+            return self.tiled_decode(latents)
         if self.config.use_post_quant_conv:
             latents = self.post_quant_conv(latents)
         return self.decoder(latents)
+
+    @property
+    def tile_latent_size(self):
+        """Latent side of one tile: the training image size over the downsampling (512 / 8 = 64)."""
+        return self.config.sample_size // 2 ** (len(self.config.block_out_channels) - 1)
+
+    def tiled_decode(self, latents, overlap=0.25):
+        """Decode in tiles of tile_latent_size latents that overlap by `overlap` of a tile, as
+        diffusers' AutoencoderKL.tiled_decode does (same tiles, same blend, same picture).
+
+        Each tile is decoded on its own, so its GroupNorms see only the tile: neighbouring
+        tiles disagree slightly where they meet. Where a tile overlaps the one above and the one
+        to the left, it fades in linearly over the overlap (blend), which hides the seam; then
+        each tile keeps its first (1 - overlap) of a tile in each direction.
+        """
+        xp = array_module(latents)
+        size = self.tile_latent_size
+        stride = int(size * (1 - overlap))  # latents from one tile's start to the next
+        tile_pixels = size * 2 ** (len(self.config.block_out_channels) - 1)
+        extent = int(tile_pixels * overlap)  # pixels over which neighbours are blended
+        keep = tile_pixels - extent
+        rows = [[self.decode(latents[:, :, top : top + size, left : left + size])
+                 for left in range(0, latents.shape[3], stride)]
+                for top in range(0, latents.shape[2], stride)]  # fmt: skip
+        for i, row in enumerate(rows):
+            for j, tile in enumerate(row):
+                if i > 0:
+                    blend(rows[i - 1][j], tile, extent, axis=2)
+                if j > 0:
+                    blend(row[j - 1], tile, extent, axis=3)
+        return xp.concatenate(
+            [xp.concatenate([tile[:, :, :keep, :keep] for tile in row], axis=3) for row in rows], axis=2
+        )  # (B, 3, 8h, 8w)
+
+
+def blend(before, tile, extent, axis):
+    """Fade `tile` in over the last `extent` pixels of `before` along `axis` (2: the tile above,
+    3: the tile to the left), in place: pixel k of the overlap is before·(1 - k/extent) +
+    tile·k/extent."""
+    xp = array_module(tile)
+    extent = min(before.shape[axis], tile.shape[axis], extent)
+    ramp = xp.arange(extent, dtype="float64") / extent
+    shape = (-1, 1) if axis == 2 else (-1,)
+    fade_in = ramp.astype(tile.dtype).reshape(shape)
+    fade_out = (1 - ramp).astype(tile.dtype).reshape(shape)
+    head = (slice(None), slice(None)) + (slice(None),) * (axis - 2)
+    overlap_before = before[head + (slice(before.shape[axis] - extent, None),)]
+    overlap_tile = tile[head + (slice(0, extent),)]
+    overlap_tile[...] = overlap_before * fade_out + overlap_tile * fade_in
 
 
 class Encoder(Module):
@@ -77,7 +136,7 @@ class Encoder(Module):
         for block in self.down_blocks:
             x = block(x)
         x = self.mid_block(x)
-        return self.conv_out(silu(self.conv_norm_out(x)))
+        return self.conv_out(silu_in_place(self.conv_norm_out(x)))
 
 
 class Decoder(Module):
@@ -97,7 +156,7 @@ class Decoder(Module):
         x = self.mid_block(x)
         for block in self.up_blocks:
             x = block(x)
-        return self.conv_out(silu(self.conv_norm_out(x)))
+        return self.conv_out(silu_in_place(self.conv_norm_out(x)))
 
 
 class DownEncoderBlock2D(Module):

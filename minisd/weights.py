@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy
 
 from .clip import CLIPTextConfig, CLIPTextModel
+from .nn import Conv2d, Linear
 from .resources import shipped_folder
 from .tokenizer import CLIPTokenizer
 from .unet import UNet2DConditionModel, UNetConfig
@@ -98,7 +99,8 @@ def load_module(module, tensors, source, backend, renames=(), ignored=()):
         if array.shape != shape:
             wrong_shape.append(f"{key}: file {tuple(array.shape)}, config expects {shape}")
             continue
-        setattr(owner, name, backend.asarray(array))
+        big = isinstance(owner, (Linear, Conv2d)) and name == "weight"  # matrices and kernels: the bytes
+        setattr(owner, name, backend.asarray(array, backend.weights_dtype if big else None))
     _report(source, missing, unexpected, wrong_shape)
 
 

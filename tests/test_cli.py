@@ -85,3 +85,20 @@ def test_config_is_for_single_files(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*ARGS, "--config", "prediction_type"])
     assert "--config takes KEY=VALUE" in capsys.readouterr().err
+
+
+def test_memory_options_reach_the_pipeline_and_are_recorded(tmp_path):
+    """--weights-dtype float16 and --vae-tiling give the picture the Python API gives with the
+    same options (128x80 is larger than the fixture VAE's 64-pixel tiles), and say so in the PNG."""
+    import numpy as np
+
+    import minisd
+
+    output = tmp_path / "out.png"
+    assert main([*ARGS, "-o", str(output), "--size", "128x80", "--weights-dtype", "float16", "--vae-tiling"]) == 0
+    image = Image.open(output)
+    assert image.text["weights_dtype"] == "float16" and image.text["vae_tiling"] == "True"
+    pipe = minisd.load(FOLDER, weights_dtype="float16")
+    assert pipe.unet.conv_in.weight.dtype == np.float16
+    expected = pipe("a red circle", steps=3, seed=3, height=80, width=128, vae_tiling=True, progress=False)
+    np.testing.assert_array_equal(np.asarray(image.convert("RGB")), np.asarray(expected))

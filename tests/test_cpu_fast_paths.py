@@ -1,0 +1,225 @@
+"""The CPU speed work checked against PyTorch: Winograd convolutions, attention in blocks of heads
+and query rows, the blocked elementwise activations and norms, the work-sharing helper, and
+tiled VAE decoding (against diffusers' own tiled decode). Each fast path is compared with
+torch in float64 on shapes that make it split its work unevenly."""
+
+import math
+
+import numpy as np
+import pytest
+
+import minisd
+from conftest import require_reference
+from minisd import nn, parallel, winograd
+from minisd.backend import Backend
+from minisd.weights import load_component
+
+from reference import TINY_VAE, randomize, relative_error, to_numpy
+
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def torch():
+    require_reference()
+    import torch
+
+    return torch
+
+
+def conv_case(rng, batch, channels, out_channels, height, width):
+    x = rng.standard_normal((batch, channels, height, width), dtype=np.float32)
+    weight = rng.standard_normal((out_channels, channels, 3, 3), dtype=np.float32) / np.float32(np.sqrt(9 * channels))
+    return x, weight, rng.standard_normal(out_channels, dtype=np.float32)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 5, 2, 3), (3, 6, 7, 9, 13), (2, 16, 8, 33, 47), (1, 256, 32, 32, 40)],
+                         ids=["tiny-odd", "batch3-odd", "odd-33x47", "256ch"])  # fmt: skip
+def test_winograd_conv3x3_equals_torch(torch, shape):
+    x, weight, bias = conv_case(np.random.default_rng(0), *shape)
+    ours = winograd.conv3x3(x, winograd.transform_kernels(weight), bias)
+    theirs = torch.nn.functional.conv2d(*(torch.from_numpy(a).double() for a in (x, weight, bias)), padding=1)
+    assert ours.shape == theirs.shape
+    assert relative_error(ours, theirs.numpy()) <= TOLERANCE
+
+
+def test_conv_layer_takes_winograd_where_it_pays_and_follows_new_weights(torch):
+    rng = np.random.default_rng(1)
+    x, first, bias = conv_case(rng, 2, 256, 16, 32, 33)
+    layer = nn.Conv2d(256, 16, 3, padding=1)
+    layer.weight, layer.bias = first, bias
+    assert nn.winograd_pays(x)
+    for weight in (first, conv_case(rng, 2, 256, 16, 1, 1)[1]):  # replacing the weight re-transforms
+        layer.weight = weight
+        theirs = torch.nn.functional.conv2d(*(torch.from_numpy(a).double() for a in (x, weight, bias)), padding=1)
+        assert relative_error(layer(x), theirs.numpy()) <= TOLERANCE
+        assert layer.transformed[0] is weight
+    assert "transformed" not in layer.parameters()  # the cache is not a checkpoint key
+
+
+@pytest.mark.parametrize("batch,heads,q_len,k_len,masked", [(2, 8, 300, 300, False), (1, 1, 1030, 1030, False),
+                                                             (3, 5, 77, 77, True), (2, 4, 513, 77, False)])  # fmt: skip
+def test_attention_in_blocks_equals_torch(torch, monkeypatch, batch, heads, q_len, k_len, masked):
+    monkeypatch.setattr(nn, "ATTENTION_SCORES_CPU", 4096)  # many small query chunks per head
+    rng = np.random.default_rng(2)
+    q = rng.standard_normal((batch, q_len, heads * 8), dtype=np.float32)
+    k, v = (rng.standard_normal((batch, k_len, heads * 8), dtype=np.float32) for _ in range(2))
+    mask = np.triu(np.full((q_len, k_len), -np.inf, np.float32), 1) if masked else None
+    ours = nn.attention(q, k, v, heads, mask)
+
+    def heads_first(a):
+        return torch.from_numpy(a).double().view(batch, a.shape[1], heads, 8).transpose(1, 2)
+
+    theirs = torch.nn.functional.scaled_dot_product_attention(
+        heads_first(q), heads_first(k), heads_first(v), is_causal=masked
+    )  # fmt: skip
+    assert relative_error(ours, theirs.transpose(1, 2).reshape(batch, q_len, -1).numpy()) <= TOLERANCE
+
+
+def test_activations_and_norms_in_blocks_equal_torch(torch):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 64, 33, 35), dtype=np.float32) * 4
+    x.flat[:6] = [-30, -10, -5, 0, 5, 30]  # GELU's tails
+    view = x[:, ::2]  # not contiguous: blocks are cut from strided rows
+    weight, bias = 1 + 0.1 * rng.standard_normal(32, dtype=np.float32), rng.standard_normal(32, dtype=np.float32)
+    t = torch.from_numpy(np.ascontiguousarray(view)).double()
+    functional = torch.nn.functional
+    pairs = [
+        (nn.gelu(view), functional.gelu(t)),
+        (nn.silu(view), functional.silu(t)),
+        (nn.quick_gelu(view), t * torch.sigmoid(1.702 * t)),
+        (nn.group_norm(view, 8, weight, bias, 1e-5),
+         functional.group_norm(t, 8, torch.from_numpy(weight).double(), torch.from_numpy(bias).double(), 1e-5)),
+        (nn.layer_norm(view, weight[:1].repeat(35), bias[:1].repeat(35), 1e-5),
+         functional.layer_norm(t, (35,), torch.from_numpy(weight[:1].repeat(35)).double(),
+                               torch.from_numpy(bias[:1].repeat(35)).double(), 1e-5)),
+    ]  # fmt: skip
+    for ours, theirs in pairs:
+        assert ours.shape == tuple(theirs.shape)
+        assert relative_error(ours, theirs.numpy()) <= 1e-6
+    tail = [-12.0, -10.0, -5.0]  # x·Φ(x) = x·½·erfc(-x/√2), tiny: torch's float64 1 + erf(x/√2) cancels to 0
+    np.testing.assert_allclose(nn.gelu(np.array(tail, np.float32)), [x * 0.5 * math.erfc(-x / math.sqrt(2)) for x in tail],
+                               rtol=1e-5, atol=0)  # fmt: skip
+
+
+def test_in_blocks_covers_every_item_once_and_reraises():
+    seen = np.zeros(1001, int)
+
+    def work(items):
+        seen[items] += 1
+        parallel.in_blocks(lambda inner: None, 3, 1, seen)  # nested: runs inline, no deadlock
+
+    parallel.in_blocks(work, 1001, parallel.BLOCK_ELEMENTS // 7, seen)
+    assert (seen == 1).all()
+
+    def fail(items):
+        raise ValueError(f"block {items.start}")
+
+    with pytest.raises(ValueError, match="block"):
+        parallel.in_blocks(fail, 100, parallel.BLOCK_ELEMENTS, seen)
+
+
+# ---------------------------------------------------------------- tiled VAE decoding
+
+
+@pytest.fixture(scope="module")
+def vae_pair(torch, tmp_path_factory):
+    """A small VAE with 4-latent (32-pixel) tiles, in diffusers and in minisd."""
+    from diffusers import AutoencoderKL
+
+    reference = randomize(AutoencoderKL(**{**TINY_VAE, "sample_size": 32}), seed=5)
+    folder = tmp_path_factory.mktemp("vae")
+    reference.save_pretrained(folder / "vae", safe_serialization=True)
+    return reference, load_component(folder, "vae", Backend())
+
+
+def test_tiled_decode_equals_diffusers(torch, vae_pair):
+    reference, vae = vae_pair
+    latents = np.random.default_rng(4).standard_normal((1, 4, 10, 13), dtype=np.float32)  # 4 x 5 tiles
+    assert vae.tile_latent_size == reference.tile_latent_min_size == 4
+    reference.enable_tiling()
+    with torch.no_grad():
+        theirs = reference.decode(torch.from_numpy(latents)).sample
+    ours = vae.decode(latents, tiled=True)
+    assert ours.shape == (1, 3, 80, 104)
+    assert relative_error(ours, to_numpy(theirs)) <= TOLERANCE
+
+
+def test_tiled_decode_has_no_seams(monkeypatch):
+    """The embedded model's pictures (a 2 x 2 mosaic of their latents: 16 x 16 latents, tiles of
+    8 starting every 6) decoded in tiles: where one tile hands over to the next, the picture
+    changes no more than it does elsewhere. Without the blend the tile borders jump out.
+
+    Tiling is not the untiled decode: each tile's GroupNorms see only the tile. For this small
+    VAE that changes the colours a lot (PSNR about 13 dB against the untiled picture); a seam
+    would show as a jump at the border, and there is none."""
+    pipe = minisd.load(minisd.default_model_folder())
+    prompts = ["a red circle on a white background", "a blue square on a black background",
+               "a green triangle on a white background", "a yellow circle on a black background"]  # fmt: skip
+    latents = [list(pipe.denoise(p, steps=10, seed=i))[-1].latents for i, p in enumerate(prompts)]
+    mosaic = np.concatenate([np.concatenate(latents[:2], axis=3), np.concatenate(latents[2:], axis=3)], axis=2)
+    mosaic /= pipe.vae.config.scaling_factor  # (1, 4, 16, 16)
+    keep = 48  # each 64-pixel tile keeps 64 - 16 blended pixels
+
+    def border_jump(images):
+        rows = np.abs(np.diff(images, axis=2)).mean(axis=(0, 1, 3))  # change from each row to the next
+        cols = np.abs(np.diff(images, axis=3)).mean(axis=(0, 1, 2))
+        borders = [rows[keep - 1], rows[2 * keep - 1], cols[keep - 1], cols[2 * keep - 1]]
+        return max(borders) / np.median(np.concatenate([rows, cols]))
+
+    tiled = pipe.vae.decode(mosaic, tiled=True)
+    assert tiled.shape == pipe.vae.decode(mosaic).shape == (1, 3, 128, 128)
+    assert border_jump(tiled) < 2
+    monkeypatch.setattr("minisd.vae.blend", lambda *args, **kwargs: None)
+    assert border_jump(pipe.vae.decode(mosaic, tiled=True)) > 5  # the check sees seams where there are some
+
+
+# ---------------------------------------------------------------- float16 weights, float32 compute
+
+
+def rounded_to_float16(module):
+    """A copy of a torch module whose linear and convolution weights are rounded to float16."""
+    import copy
+
+    import torch
+
+    module = copy.deepcopy(module)
+    for layer in module.modules():
+        if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)):
+            layer.weight.data = layer.weight.data.half().float()
+    return module
+
+
+def test_float16_weights_compute_in_float32(torch, tiny):
+    """weights_dtype="float16": the matrices and kernels are stored in float16, norms and
+    embeddings stay float32, and everything is computed in float32, which diffusers, given the
+    same rounded weights, confirms."""
+    folder, (text_encoder, unet, _) = tiny
+    backend = Backend("numpy", "float32", weights_dtype="float16")
+    ours = load_component(folder, "unet", backend)
+    assert ours.conv_in.weight.dtype == np.float16 and ours.conv_norm_out.weight.dtype == np.float32
+    rng = np.random.default_rng(7)
+    sample = rng.standard_normal((2, 4, 8, 8), dtype=np.float32)
+    context = rng.standard_normal((2, 77, 32), dtype=np.float32)
+    noise = ours(sample, 981, context)
+    assert noise.dtype == np.float32
+    with torch.no_grad():
+        theirs = rounded_to_float16(unet)(torch.from_numpy(sample), 981, torch.from_numpy(context)).sample
+    assert relative_error(noise, to_numpy(theirs)) <= TOLERANCE
+    text = load_component(folder, "text_encoder", backend)
+    ids = np.array([[49406, 320, 1929, 49407] + [49407] * 73])
+    with torch.no_grad():
+        expected = rounded_to_float16(text_encoder)(torch.from_numpy(ids)).last_hidden_state
+    assert relative_error(text(ids), to_numpy(expected)) <= TOLERANCE
+
+
+def test_float16_kernels_through_winograd(torch):
+    rng = np.random.default_rng(8)
+    x, weight, bias = conv_case(rng, 1, 256, 8, 32, 32)
+    layer = nn.Conv2d(256, 8, 3, padding=1)
+    layer.weight, layer.bias = weight.astype(np.float16), bias
+    out = layer(x)
+    assert out.dtype == np.float32 and layer.transformed[1].dtype == np.float32
+    rounded = torch.from_numpy(weight.astype(np.float16).astype(np.float64))
+    theirs = torch.nn.functional.conv2d(torch.from_numpy(x).double(), rounded, torch.from_numpy(bias).double(), padding=1)
+    assert relative_error(out, theirs.numpy()) <= TOLERANCE
