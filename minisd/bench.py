@@ -357,7 +357,6 @@ MEMORY_CASES = {
 
 def measure_memory(name, backend):
     """Run one memory case in this (fresh) process; print {"seconds", "peak_rss_gb"} as JSON."""
-    start = time.perf_counter()
     if name == "generate":
         pipe = Pipeline(CLIPTokenizer.default(), build("text", backend, None)[0], build("unet", backend, None)[0],
                         build("vae", backend, None)[0], SD15_SCHEDULER, backend)  # fmt: skip

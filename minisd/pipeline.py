@@ -79,7 +79,7 @@ class Pipeline:
         self.backend = backend
         self.vae_backend = vae_backend or backend
         self.name = name
-        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)  # 8 in SD
+        self.vae_scale_factor = vae.scale_factor  # 8 in SD
         # what an option left at None means: the model folder's minisd.json, else SD's usual values
         self.defaults = {"steps": 50, "guidance": 7.5, "height": self.default_size,
                          "width": self.default_size, **(defaults or {})}  # fmt: skip

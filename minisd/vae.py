@@ -70,9 +70,14 @@ class AutoencoderKL(Module):
         return self.decoder(latents)
 
     @property
+    def scale_factor(self):
+        """How much smaller the latents are than the image, in height and width: 8 in SD."""
+        return 2 ** (len(self.config.block_out_channels) - 1)
+
+    @property
     def tile_latent_size(self):
         """Latent side of one tile: the training image size over the downsampling (512 / 8 = 64)."""
-        return self.config.sample_size // 2 ** (len(self.config.block_out_channels) - 1)
+        return self.config.sample_size // self.scale_factor
 
     def tiled_decode(self, latents, overlap=0.25):
         """Decode in tiles of tile_latent_size latents that overlap by `overlap` of a tile, as
@@ -86,37 +91,30 @@ class AutoencoderKL(Module):
         xp = array_module(latents)
         size = self.tile_latent_size
         stride = int(size * (1 - overlap))  # latents from one tile's start to the next
-        tile_pixels = size * 2 ** (len(self.config.block_out_channels) - 1)
-        extent = int(tile_pixels * overlap)  # pixels over which neighbours are blended
-        keep = tile_pixels - extent
+        extent = int(self.config.sample_size * overlap)  # pixels over which neighbours are blended
+        keep = self.config.sample_size - extent  # pixels each tile keeps, in each direction
         rows = [[self.decode(latents[:, :, top : top + size, left : left + size])
                  for left in range(0, latents.shape[3], stride)]
                 for top in range(0, latents.shape[2], stride)]  # fmt: skip
         for i, row in enumerate(rows):
             for j, tile in enumerate(row):
                 if i > 0:
-                    blend(rows[i - 1][j], tile, extent, axis=2)
-                if j > 0:
-                    blend(row[j - 1], tile, extent, axis=3)
+                    blend(rows[i - 1][j], tile, extent)
+                if j > 0:  # the same blend on the tile and its left neighbour with rows and columns swapped
+                    blend(row[j - 1].swapaxes(2, 3), tile.swapaxes(2, 3), extent)
         return xp.concatenate(
             [xp.concatenate([tile[:, :, :keep, :keep] for tile in row], axis=3) for row in rows], axis=2
         )  # (B, 3, 8h, 8w)
 
 
-def blend(before, tile, extent, axis):
-    """Fade `tile` in over the last `extent` pixels of `before` along `axis` (2: the tile above,
-    3: the tile to the left), in place: pixel k of the overlap is before·(1 - k/extent) +
-    tile·k/extent."""
+def blend(above, tile, extent):
+    """Fade `tile` (B, C, H, W) in over the last `extent` rows of the tile `above` it, in place:
+    row k of the overlap is above·(1 - k/extent) + tile·k/extent."""
     xp = array_module(tile)
-    extent = min(before.shape[axis], tile.shape[axis], extent)
-    ramp = xp.arange(extent, dtype="float64") / extent
-    shape = (-1, 1) if axis == 2 else (-1,)
-    fade_in = ramp.astype(tile.dtype).reshape(shape)
-    fade_out = (1 - ramp).astype(tile.dtype).reshape(shape)
-    head = (slice(None), slice(None)) + (slice(None),) * (axis - 2)
-    overlap_before = before[head + (slice(before.shape[axis] - extent, None),)]
-    overlap_tile = tile[head + (slice(0, extent),)]
-    overlap_tile[...] = overlap_before * fade_out + overlap_tile * fade_in
+    extent = min(above.shape[2], tile.shape[2], extent)
+    ramp = xp.arange(extent, dtype="float64")[:, None] / extent  # (extent, 1): one weight per row
+    overlap_above = above[:, :, above.shape[2] - extent :]
+    tile[:, :, :extent] = overlap_above * (1 - ramp).astype(tile.dtype) + tile[:, :, :extent] * ramp.astype(tile.dtype)
 
 
 class Encoder(Module):
