@@ -132,48 +132,29 @@ class Linear(Module):
 
 
 class Conv2d(Module):
-    """A convolution layer: `conv2d`, or on the CPU, for the large 3×3 layers where it pays,
-    Winograd's algorithm (winograd.py), which gives the same result with fewer multiplications."""
+    """A convolution layer: `conv2d`, or on the CPU, for the 3×3 layers where it pays, Winograd's
+    algorithm (winograd.py), which gives the same result with fewer multiplications."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0):
         self.weight = Param(out_channels, in_channels, kernel_size, kernel_size)
         self.bias = Param(out_channels)
         self.stride, self.padding = stride, padding
-        self.transformed = None  # (weight, its Winograd transform), made on first use
-        self.keep_transformed = True  # False: transform on every call, keep nothing (the VAE)
 
     def __call__(self, x):  # (B, C_in, H, W) -> (B, C_out, H', W')
         if (self.weight.shape[2:], self.stride, self.padding) == ((3, 3), 1, 1) and winograd_pays(x):
-            return winograd.conv3x3(x, self.winograd_kernels(x.dtype), self.bias)
+            kernels = winograd.transform_kernels(self.weight.astype(x.dtype, copy=False))  # (36, C_out, C_in)
+            return winograd.conv3x3(x, kernels, self.bias)
         return conv2d(x, self.weight, self.bias, self.stride, self.padding)
-
-    def winograd_kernels(self, dtype):
-        """The kernels transformed for Winograd (in the activations' dtype), once per weight array:
-        they stay the same from step to step, and the transform of a 1280-channel layer takes
-        longer than its convolution."""
-        if self.transformed is None or self.transformed[0] is not self.weight:
-            kernels = winograd.transform_kernels(self.weight.astype(dtype, copy=False))
-            if not self.keep_transformed:
-                return kernels
-            self.transformed = (self.weight, kernels)
-        return self.transformed[1]
-
-
-def drop_transformed_kernels(root):
-    """Free the Winograd kernels the Conv2d layers below `root` keep (0.56 GB for SD 1.5's UNet
-    in float32); they are made again on next use."""
-    for _, module in root.named_modules():
-        if isinstance(module, Conv2d):
-            module.transformed = None
 
 
 def winograd_pays(x):
     """Whether Winograd beats im2col for input x, as measured on SD's layers on a CPU: it needs
-    many output tiles to share each transformed kernel (32×32 pixels and more: a 512×512 image's
-    UNet levels 64 and 32) and enough input channels for its 16 products to run near BLAS peak
-    (256 and more: the 128-channel VAE layers stay with im2col). The GPU keeps cuBLAS im2col."""
+    enough input channels for its 36 products to run near BLAS peak (64 and more) and large
+    feature maps (32×32 pixels and more), where the convolution takes ten times longer than
+    transforming the kernels, which happens on every call (keeping them would take 4 times
+    the weights' memory). The GPU keeps cuBLAS im2col."""
     channels, height, width = x.shape[1:]
-    return not on_gpu(x) and channels >= 256 and height * width >= 32 * 32
+    return not on_gpu(x) and channels >= 64 and height * width >= 32 * 32
 
 
 class GroupNorm(Module):
@@ -299,14 +280,12 @@ def group_norm(x, num_groups, weight, bias, eps):
 
     def normalize(items):
         g = groups[items].astype("float32", copy=False)
-        mean = g.mean(axis=(1, 2), keepdims=True)
-        centered = g - mean
-        var = (centered * centered).mean(axis=(1, 2), keepdims=True)
+        centered = g - g.mean(axis=(1, 2), keepdims=True)
+        var = xp.square(centered).mean(axis=(1, 2), keepdims=True)
         which = xp.arange(items.start, items.stop) % num_groups  # the group each item is
         scale = weight[which] / (var + eps) ** 0.5  # (items, C/G, 1): one multiply per channel
-        centered *= scale
-        centered += bias[which]
-        out[items] = centered
+        xp.multiply(centered, scale, out=out[items])
+        out[items] += bias[which]
 
     in_blocks(normalize, batch * num_groups, groups[0].size, x)
     return out.reshape(x.shape)
@@ -322,8 +301,10 @@ def layer_norm(x, weight, bias, eps):
     def normalize(items):
         t = tokens[items].astype("float32", copy=False)
         centered = t - t.mean(axis=-1, keepdims=True)
-        var = (centered * centered).mean(axis=-1, keepdims=True)
-        out[items] = centered / (var + eps) ** 0.5 * weight + bias
+        var = xp.square(centered).mean(axis=-1, keepdims=True)
+        centered /= (var + eps) ** 0.5
+        xp.multiply(centered, weight, out=out[items])
+        out[items] += bias
 
     in_blocks(normalize, tokens.shape[0], tokens.shape[1], x)
     return out.reshape(x.shape)
@@ -339,11 +320,17 @@ def softmax_in_place(x):
     return x
 
 
-# Scores of (query rows x keys) for the heads one block of work handles are kept under this
+# Scores of (keys x query rows) for the heads one block of work handles are kept under this
 # many elements: 1 Mi floats = 4 MB in float32 on the CPU, so the softmax passes stay in the
 # cache (256 query rows of 4096 keys). On the GPU, 16 Mi floats (64 MB) per query chunk.
 ATTENTION_SCORES_CPU = 2**20
 ATTENTION_SCORES_GPU = 16 * 2**20
+# softmax(s) = softmax(s − c) for any shift c; the usual shift, each row's max, only keeps exp
+# from overflowing. By Cauchy–Schwarz every score |q·k| ≤ |q| |k|: when that bound is at most
+# SAFE_SCORE for a chunk, exp of its raw scores lies between e^-60 and e^60 (float32 spans
+# about e^-87 to e^88, so the sum of even a million such terms is finite and positive), and
+# the max pass, a read and a write of every score, is skipped.
+SAFE_SCORE = 60.0
 
 
 def attention(q, k, v, heads, mask=None):
@@ -355,8 +342,9 @@ def attention(q, k, v, heads, mask=None):
     small enough that the score matrix never exists whole (4096 tokens, 8 heads, batch 2 would
     be 1 GB). Scores, softmax and the weighted sum are float32 whatever the input dtype; the
     division by the softmax sum is done on the (rows, d) output instead of the (rows, Tk)
-    weights. On the GPU, kernels/attention.cu does all of it in one fused pass for the head
-    dims it covers.
+    weights. The scores are computed transposed, K Qᵀ (keys down, queries across), which BLAS
+    runs faster than Q Kᵀ for SD's narrow heads. On the GPU, kernels/attention.cu does all of it
+    in one fused pass for the head dims it covers.
     """
     if on_gpu(q) and cuda.attention_supported(q, k, heads):
         return cuda.attention(q, k, v, heads, mask)
@@ -368,21 +356,31 @@ def attention(q, k, v, heads, mask=None):
     out = xp.empty_like(q)
     scores_limit = ATTENTION_SCORES_GPU if on_gpu(q) else ATTENTION_SCORES_CPU
 
+    shift_by_max = mask is not None or on_gpu(q)  # always (on the GPU, the bound would wait for the device)
+
     def attend(items):  # a slice of the B·heads heads
-        keys = xp.ascontiguousarray(k[items].transpose(0, 2, 1))  # (heads, d, Tk)
-        values = v[items].astype("float32", copy=False)
+        keys, values = k[items], v[items].astype("float32", copy=False)
+        key_reach = None if shift_by_max else longest_row(keys)
         rows = max(1, scores_limit // ((items.stop - items.start) * k_len))
         for start in range(0, q_len, rows):
-            r = slice(start, start + rows)
-            scores = (q[items, r] @ keys).astype("float32", copy=False)  # (heads, rows, Tk)
+            queries = q[items, start : start + rows]
+            scores = (keys @ queries.transpose(0, 2, 1)).astype("float32", copy=False)  # (heads, Tk, rows)
             if mask is not None:
-                scores += mask[r]
-            scores -= scores.max(axis=-1, keepdims=True)
+                scores += mask[start : start + rows].T
+            if shift_by_max or longest_row(queries) * key_reach > SAFE_SCORE:
+                scores -= scores.max(axis=1, keepdims=True)
             xp.exp(scores, out=scores)
-            out[items, r] = (scores @ values) / scores.sum(axis=-1, keepdims=True)  # (heads, rows, d)
+            weighted = values.transpose(0, 2, 1) @ scores  # (heads, d, rows)
+            weighted /= scores.sum(axis=1, keepdims=True)
+            out[items, start : start + rows] = weighted.transpose(0, 2, 1)
 
     in_blocks(attend, batch * heads, q_len * k_len, q)
     return merge_heads(out, batch)  # (B, Tq, heads·d)
+
+
+def longest_row(x):
+    """The largest Euclidean length of the vectors along x's last axis, in float32."""
+    return float(array_module(x).sqrt((x.astype("float32", copy=False) ** 2).sum(axis=-1).max()))
 
 
 def attention_weights(q, k, heads):

@@ -23,9 +23,9 @@ from .backend import on_gpu
 
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
-# A block of work: 256K float32 values = 1 MB. Measured on SD's layers (GELU, SiLU, GroupNorm,
-# Winograd transforms): 4x smaller blocks spend their time in Python's per-call overhead and in
-# the threads' hand-offs of Python's lock; 4x larger ones fall out of the cache.
+# A block of work: 256K float32 values = 1 MB. Measured on SD's layers (GELU, SiLU, GroupNorm):
+# 4x smaller blocks spend their time in Python's per-call overhead and in the threads' hand-offs
+# of Python's lock; 4x larger ones fall out of the cache.
 BLOCK_ELEMENTS = 256 * 1024
 
 _inside_block = threading.local()

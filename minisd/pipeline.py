@@ -18,7 +18,6 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .backend import Backend
-from .nn import drop_transformed_kernels
 from .rng import TorchGenerator
 from .samplers import make_scheduler
 from .single_file import read_single_file
@@ -156,7 +155,6 @@ class Pipeline:
             noise_pred = self.predict_noise(scheduler.scale_model_input(latents, t), t, context, guidance)
             latents = scheduler.step(noise_pred, t, latents, eta=eta, noise=noise)
             yield Step(index, len(timesteps), t.item(), latents, noise_pred)
-        drop_transformed_kernels(self.unet)  # the loop's cache, not needed while the VAE decodes
 
     def encode_prompt(self, prompt, negative_prompt="", guidance=7.5, clip_skip=0, long_prompt="truncate"):
         """Prompt -> text embeddings (1, 77, D); with guidance > 1, [negative; prompt] (2, 77, D).

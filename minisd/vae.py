@@ -44,9 +44,6 @@ class AutoencoderKL(Module):
             self.quant_conv = Conv2d(2 * latent, 2 * latent, 1)
         if config.use_post_quant_conv:
             self.post_quant_conv = Conv2d(latent, latent, 1)
-        for _, module in self.named_modules():  # it decodes once per image: keeping its convolutions'
-            if isinstance(module, Conv2d):  # Winograd kernels would hold memory (0.34 GB for SD's) for nothing
-                module.keep_transformed = False
 
     def encode(self, images):
         """(B, 3, H, W) in [-1, 1] -> posterior mean and log-variance, each (B, 4, H/8, W/8)."""
