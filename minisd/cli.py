@@ -19,6 +19,8 @@ def parse_args(argv):
     parser.add_argument("--steps", type=int, help="denoising steps (default: the model's, 50 for SD)")
     parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's, 7.5 for SD)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--num-images", type=int, default=1, help="images to make in one batch: NAME-1.png, "
+                        "NAME-2.png, ... (default: 1, written to the -o name itself)")  # fmt: skip
     parser.add_argument("--size", type=parse_size, help="WxH in pixels, multiples of 8 (default: the model's)")
     parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), help="sampler (default: the model's own)")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0 = deterministic)")
@@ -61,22 +63,34 @@ def parse_size(text):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    output = Path(args.output)
+    outputs = output_paths(Path(args.output), args.num_images)
     try:
-        check_output(output, args.force)
+        if args.init_image and args.num_images != 1:
+            raise ValueError("--num-images makes a batch from text only; with --init-image, one image per run")
+        for output in outputs:
+            check_output(output, args.force)
         config = dict(args.config) if args.config else None
         pipe = load(args.weights or default_model_folder(), args.backend, args.dtype, config, args.weights_dtype)
         options = generation_options(pipe, args)
         if args.init_image:
-            image = pipe.img2img(args.prompt, args.init_image, strength=args.strength, **options)
+            images = [pipe.img2img(args.prompt, args.init_image, strength=args.strength, **options)]
         else:
-            image = pipe(args.prompt, **options)
+            images = pipe(args.prompt, num_images=args.num_images, **options)
+            images = images if args.num_images > 1 else [images]
     except (WeightsError, ValueError, FileNotFoundError, ImportError) as error:
         print(f"minisd: error: {error}", file=sys.stderr)
         return 2
-    image.save(output, pnginfo=png_text(args, options, pipe, image))
-    print(f"wrote {output}")
+    for index, (output, image) in enumerate(zip(outputs, images)):
+        image.save(output, pnginfo=png_text(args, options, pipe, image, index))
+        print(f"wrote {output}")
     return 0
+
+
+def output_paths(output, count):
+    """Where the images go: the -o name for one image, NAME-1.png ... NAME-count.png for several."""
+    if count == 1:
+        return [output]
+    return [output.with_name(f"{output.stem}-{index}{output.suffix}") for index in range(1, count + 1)]
 
 
 def check_output(output, force):
@@ -98,14 +112,17 @@ def generation_options(pipe, args):
                 long_prompt=args.long_prompt, vae_tiling=args.vae_tiling)  # fmt: skip
 
 
-def png_text(args, options, pipe, image):
-    """The generation parameters, stored in the PNG as text chunks."""
+def png_text(args, options, pipe, image, index):
+    """The generation parameters, stored in the PNG as text chunks; `index` is the image's place in
+    its batch (0-based), recorded when the batch holds several: its noise is that batch's."""
     info = PngInfo()
     scheduler = args.scheduler or pipe.scheduler_config.get("_class_name", "")
     fields = {"prompt": args.prompt, "negative_prompt": args.negative, "seed": args.seed,
               "steps": options["steps"], "scheduler": scheduler, "guidance": options["guidance"], "eta": args.eta,
               "size": f"{image.width}x{image.height}", "model": pipe.name, "backend": f"{args.backend}/{args.dtype}",
               "software": "minisd"}  # fmt: skip
+    if args.num_images > 1:
+        fields.update(num_images=args.num_images, image_index=index + 1)
     if args.weights_dtype:
         fields.update(weights_dtype=args.weights_dtype)
     if args.clip_skip:

@@ -141,20 +141,29 @@ class Conv2d(Module):
         self.stride, self.padding = stride, padding
 
     def __call__(self, x):  # (B, C_in, H, W) -> (B, C_out, H', W')
-        if (self.weight.shape[2:], self.stride, self.padding) == ((3, 3), 1, 1) and winograd_pays(x):
-            kernels = winograd.transform_kernels(self.weight.astype(x.dtype, copy=False))  # (36, C_out, C_in)
-            return winograd.conv3x3(x, kernels, self.bias)
+        same_size_3x3 = (self.weight.shape[2:], self.stride, self.padding) == ((3, 3), 1, 1)
+        algorithm = winograd_algorithm(x) if same_size_3x3 else None
+        if algorithm:
+            weight = self.weight.astype(x.dtype, copy=False)
+            kernels = winograd.transform_kernels(weight, algorithm)  # (patch², C_out, C_in)
+            return winograd.conv3x3(x, kernels, self.bias, algorithm)
         return conv2d(x, self.weight, self.bias, self.stride, self.padding)
 
 
-def winograd_pays(x):
-    """Whether Winograd beats im2col for input x, as measured on SD's layers on a CPU: it needs
-    enough input channels for its 36 products to run near BLAS peak (64 and more) and large
-    feature maps (32×32 pixels and more), where the convolution takes ten times longer than
-    transforming the kernels, which happens on every call (keeping them would take 4 times
-    the weights' memory). The GPU keeps cuBLAS im2col."""
-    channels, height, width = x.shape[1:]
-    return not on_gpu(x) and channels >= 64 and height * width >= 32 * 32
+def winograd_algorithm(x):
+    """The Winograd algorithm that beats im2col for input x on a CPU, or None, as measured on SD's
+    layers. It needs enough input channels for its products to run near BLAS peak (64 and more).
+    F(4×4, 3×3) runs on maps of 32×32 pixels and more; on smaller ones transforming its kernels
+    would cost about what its products save, and F(2×2, 3×3) (fewer savings, but its kernels
+    transform in less than half the time) runs where the batch holds 512 pixels (a 16×16 map
+    with guidance's batch of 2). Kernels are transformed on every call: keeping them would take
+    4 or 1.8 times the weights' memory. The GPU keeps cuBLAS im2col."""
+    batch, channels, height, width = x.shape
+    if on_gpu(x) or channels < 64:
+        return None
+    if height * width >= 32 * 32:
+        return winograd.F4
+    return winograd.F2 if batch * height * width >= 2 * 16 * 16 else None
 
 
 class GroupNorm(Module):

@@ -31,8 +31,8 @@ class Step:
     index: int  # 0-based step number
     count: int  # how many steps the loop makes
     timestep: int | float  # the scheduler's t for this step (999 … 0; fractional for some samplers)
-    latents: object  # the latents after this step, (1, 4, h, w) on the backend
-    noise_pred: object  # the guided noise prediction ε at this step, (1, 4, h, w)
+    latents: object  # the latents after this step, (N, 4, h, w) on the backend, N images
+    noise_pred: object  # the guided noise prediction ε at this step, (N, 4, h, w)
 
 
 def load(path, backend="numpy", dtype="float32", config=None, weights_dtype=None):
@@ -109,12 +109,16 @@ class Pipeline:
 
     def __call__(self, prompt, negative_prompt="", steps=None, guidance=None, seed=0, height=None,
                  width=None, scheduler=None, eta=0.0, latents=None, progress=True, vae_tiling=False,
-                 **text_options):  # fmt: skip
-        """Text to image: returns a PIL image. text_options: clip_skip, long_prompt (encode_prompt).
+                 num_images=1, **text_options):  # fmt: skip
+        """Text to image: returns a PIL image, or with num_images > 1 a list of them, denoised
+        together as one batch through the UNet (their noise drawn at once, as diffusers'
+        num_images_per_prompt does). text_options: clip_skip, long_prompt (encode_prompt).
         vae_tiling=True decodes images larger than the model's size in tiles (see decode)."""
         loop = self.denoise(prompt, negative_prompt, steps, guidance, seed, height, width, scheduler, eta, latents,
-                            **text_options)  # fmt: skip
-        return self.decode(self._run(loop, progress), vae_tiling)
+                            num_images=num_images, **text_options)  # fmt: skip
+        latents = self._run(loop, progress)  # (N, 4, h, w)
+        images = [self.decode(latents[i : i + 1], vae_tiling) for i in range(num_images)]
+        return images[0] if num_images == 1 else images
 
     def img2img(self, prompt, image, strength=0.8, negative_prompt="", steps=None, guidance=None, seed=0,
                 height=None, width=None, scheduler=None, eta=0.0, progress=True, vae_tiling=False,
@@ -126,25 +130,28 @@ class Pipeline:
 
     def denoise(self, prompt, negative_prompt="", steps=None, guidance=None, seed=0, height=None, width=None,
                 scheduler=None, eta=0.0, latents=None, image=None, strength=1.0, clip_skip=0,
-                long_prompt="truncate"):  # fmt: skip
+                long_prompt="truncate", num_images=1):  # fmt: skip
         """The denoising loop as a generator of `Step`s (what __call__ and img2img consume).
 
         Text to image starts from pure noise (or the given `latents`); with `image`, it starts
         from the image's latents noised up to `strength` and runs only that part of the schedule.
         clip_skip and long_prompt choose how the prompt is encoded (see encode_prompt).
+        num_images (text to image) denoises that many latents in one batch.
         """
         image = Image.open(image) if isinstance(image, (str, Path)) else image
         steps = self.defaults["steps"] if steps is None else steps
         guidance = self.defaults["guidance"] if guidance is None else guidance
         height, width = self._check_size(height, width, image)
-        _check_options(steps, eta, strength, image)
+        _check_options(steps, eta, strength, image, num_images)
         scheduler = make_scheduler(scheduler, self.scheduler_config)
         scheduler.set_timesteps(steps)
         generator = TorchGenerator(seed)
         context = self.encode_prompt(prompt, negative_prompt, guidance, clip_skip, long_prompt)
+        context = self.backend.xp.repeat(context, num_images, axis=0)  # ([N negatives;] N prompts, 77, D)
         if image is None:
             timesteps = scheduler.timesteps
-            latents = self._initial_latents(generator, latents, height, width) * scheduler.init_noise_sigma
+            latents = self._initial_latents(generator, latents, height, width, num_images)
+            latents = latents * scheduler.init_noise_sigma
         else:
             timesteps = _img2img_timesteps(scheduler.timesteps, steps, strength, scheduler.order)
             scheduler.set_begin_index(len(scheduler.timesteps) - len(timesteps))
@@ -184,16 +191,17 @@ class Pipeline:
         return vectors.reshape(1, -1, vectors.shape[-1])
 
     def predict_noise(self, latents, t, context, guidance):
-        """The UNet's noise estimate, with classifier-free guidance when the context has 2 rows.
+        """The UNet's noise estimate for latents (N, 4, h, w), with classifier-free guidance when
+        the context has 2N rows (N negative, then N prompt).
 
         The UNet runs in the backend's dtype; latents and noise stay float32 for the scheduler.
         """
         sample = latents.astype(self.backend.dtype, copy=False)
-        if context.shape[0] == 1:
+        if context.shape[0] == sample.shape[0]:
             return self.unet(sample, t, context).astype("float32", copy=False)
         xp = self.backend.xp
         noise = self.unet(xp.concatenate([sample, sample]), t, context).astype("float32", copy=False)
-        noise_uncond, noise_text = noise[:1], noise[1:]  # each (1, 4, h, w)
+        noise_uncond, noise_text = xp.split(noise, 2)  # each (N, 4, h, w)
         return noise_uncond + guidance * (noise_text - noise_uncond)
 
     def decode(self, latents, vae_tiling=False):
@@ -234,12 +242,12 @@ class Pipeline:
             )
         return height, width
 
-    def _latent_shape(self, height, width):
+    def _latent_shape(self, height, width, count):
         factor = self.vae_scale_factor
-        return (1, self.unet.config.in_channels, height // factor, width // factor)
+        return (count, self.unet.config.in_channels, height // factor, width // factor)
 
-    def _initial_latents(self, generator, latents, height, width):
-        shape = self._latent_shape(height, width)
+    def _initial_latents(self, generator, latents, height, width, count):
+        shape = self._latent_shape(height, width, count)
         if latents is None:
             return self.backend.asarray(randn(generator, shape), dtype="float32")
         if tuple(latents.shape) != shape:
@@ -265,9 +273,13 @@ def _folder_defaults(folder):
     return read_json(path).get("defaults") if path.exists() else None
 
 
-def _check_options(steps, eta, strength, image):
+def _check_options(steps, eta, strength, image, num_images):
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if not isinstance(num_images, int) or num_images < 1:
+        raise ValueError(f"num_images must be an integer >= 1, got {num_images!r}")
+    if image is not None and num_images != 1:
+        raise ValueError("num_images applies to text to image; img2img makes one image per call")
     if eta < 0:
         raise ValueError(f"eta must be >= 0 (0 is deterministic DDIM), got {eta}")
     if image is not None and not 0 < strength <= 1:

@@ -38,6 +38,19 @@ def test_img2img_from_the_command_line(tmp_path):
     assert image.text["scheduler"] == "PNDMScheduler" and image.text["size"] == "64x56"
 
 
+def test_a_batch_of_images_gets_numbered_files(tmp_path, capsys):
+    (tmp_path / "batch-2.png").write_bytes(b"the user's own file")
+    assert main([*ARGS, "-o", str(tmp_path / "batch.png"), "--num-images", "3"]) == 2  # one of the names is taken
+    assert "batch-2.png already exists" in capsys.readouterr().err
+    assert (tmp_path / "batch-2.png").read_bytes() == b"the user's own file" and not (tmp_path / "batch-1.png").exists()
+    (tmp_path / "batch-2.png").unlink()
+    assert main([*ARGS, "-o", str(tmp_path / "batch.png"), "--num-images", "3"]) == 0
+    images = [Image.open(tmp_path / f"batch-{index}.png") for index in (1, 2, 3)]
+    assert [image.text["image_index"] for image in images] == ["1", "2", "3"]
+    assert all(image.text["num_images"] == "3" and image.text["seed"] == "3" for image in images)
+    assert not (tmp_path / "batch.png").exists()
+
+
 def test_refuses_to_overwrite_without_force(tmp_path, capsys):
     output = tmp_path / "mine.png"
     output.write_bytes(b"the user's own file")
@@ -56,6 +69,8 @@ def test_refuses_to_overwrite_without_force(tmp_path, capsys):
         (["--steps", "0"], "steps must be an integer >= 1"),
         (["--weights", "/nonexistent/model"], "does not exist"),
         (["-o", "picture.jpg"], "must end in .png"),
+        (["--num-images", "0"], "num_images must be an integer >= 1"),
+        (["--num-images", "2", "--init-image", "any.png"], "--num-images makes a batch from text only"),
     ],
 )
 def test_bad_input_is_a_clear_error(tmp_path, capsys, extra, message):

@@ -33,37 +33,40 @@ def conv_case(rng, batch, channels, out_channels, height, width):
     return x, weight, rng.standard_normal(out_channels, dtype=np.float32)
 
 
-def test_winograd_matrices_compute_a_correlation_exactly():
-    """Aᵀ [(G g) ⊙ (Bᵀ d)] is the 1-D correlation of a 6-pixel row d with a 3-tap kernel g: its 4
+@pytest.mark.parametrize("algorithm", [winograd.F2, winograd.F4], ids=["F2x2", "F4x4"])
+def test_winograd_matrices_compute_a_correlation_exactly(algorithm):
+    """Aᵀ [(G g) ⊙ (Bᵀ d)] is the 1-D correlation of a patch row d with a 3-tap kernel g: its
     outputs are d[i:i+3] · g (checked in float64, where only rounding separates the two)."""
     rng = np.random.default_rng(9)
-    patch_t, kernel_t, output_t = (np.array(m) for m in (winograd.PATCH_TRANSFORM, winograd.KERNEL_TRANSFORM,
-                                                          winograd.OUTPUT_TRANSFORM))  # fmt: skip
+    patch_t, kernel_t, output_t = (np.array(m) for m in (algorithm.patch_transform, algorithm.kernel_transform,
+                                                          algorithm.output_transform))  # fmt: skip
     for _ in range(5):
-        d, g = rng.standard_normal(6), rng.standard_normal(3)
-        direct = [d[i : i + 3] @ g for i in range(4)]
+        d, g = rng.standard_normal(algorithm.patch), rng.standard_normal(3)
+        direct = [d[i : i + 3] @ g for i in range(algorithm.tile)]
         np.testing.assert_allclose(output_t @ ((kernel_t @ g) * (patch_t @ d)), direct, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("strip_elements", [winograd.STRIP_ELEMENTS, 2 * 36 * 16 * 12], ids=["whole-images", "row-strips"])
+@pytest.mark.parametrize("algorithm", [winograd.F2, winograd.F4], ids=["F2x2", "F4x4"])
+@pytest.mark.parametrize("strip_elements", [winograd.STRIP_ELEMENTS, 2 * 36 * 16 * 12],
+                         ids=["whole-images", "row-strips"])  # fmt: skip
 @pytest.mark.parametrize("shape", [(1, 3, 5, 2, 3), (3, 6, 7, 9, 13), (2, 16, 8, 33, 47), (1, 256, 32, 32, 40)],
                          ids=["tiny-odd", "batch3-odd", "odd-33x47", "256ch"])  # fmt: skip
-def test_winograd_conv3x3_equals_torch(torch, monkeypatch, shape, strip_elements):
-    monkeypatch.setattr(winograd, "STRIP_ELEMENTS", strip_elements)  # small: 2 tile rows of odd-33x47 per strip
+def test_winograd_conv3x3_equals_torch(torch, monkeypatch, shape, strip_elements, algorithm):
+    monkeypatch.setattr(winograd, "STRIP_ELEMENTS", strip_elements)  # small: a few tile rows of odd-33x47 per strip
     x, weight, bias = conv_case(np.random.default_rng(0), *shape)
-    ours = winograd.conv3x3(x, winograd.transform_kernels(weight), bias)
+    ours = winograd.conv3x3(x, winograd.transform_kernels(weight, algorithm), bias, algorithm)
     theirs = torch.nn.functional.conv2d(*(torch.from_numpy(a).double() for a in (x, weight, bias)), padding=1)
     assert ours.shape == theirs.shape
     assert relative_error(ours, theirs.numpy()) <= TOLERANCE
 
 
 def spy_on_winograd(monkeypatch):
-    """The kernels each winograd.conv3x3 call receives, in call order."""
+    """(kernels, algorithm) of each winograd.conv3x3 call, in call order."""
     received, conv3x3 = [], winograd.conv3x3
 
-    def spied(x, u, bias):
-        received.append(u)
-        return conv3x3(x, u, bias)
+    def spied(x, u, bias, algorithm):
+        received.append((u, algorithm))
+        return conv3x3(x, u, bias, algorithm)
 
     monkeypatch.setattr(winograd, "conv3x3", spied)
     return received
@@ -73,18 +76,21 @@ def test_conv_layer_takes_winograd_where_it_pays(torch, monkeypatch):
     received = spy_on_winograd(monkeypatch)
     rng = np.random.default_rng(1)
     layer = nn.Conv2d(256, 16, 3, padding=1)
-    for size, pays in ((33, True), (16, False)):  # 32×33 pixels and more: Winograd; 16×16: im2col
-        x, layer.weight, layer.bias = conv_case(rng, 2, 256, 16, 32, size)
-        assert nn.winograd_pays(x) == pays
+    cases = [((2, 32, 33), winograd.F4), ((2, 16, 16), winograd.F2), ((1, 16, 16), None), ((2, 8, 8), None)]
+    for (batch, height, width), algorithm in cases:
+        x, layer.weight, layer.bias = conv_case(rng, batch, 256, 16, height, width)
+        assert nn.winograd_algorithm(x) is algorithm
         theirs = torch.nn.functional.conv2d(*(torch.from_numpy(a).double() for a in (x, layer.weight, layer.bias)),
                                             padding=1)  # fmt: skip
         assert relative_error(layer(x), theirs.numpy()) <= TOLERANCE
-    assert len(received) == 1 and received[0].shape == (36, 16, 256)
+    assert [(u.shape, algorithm) for u, algorithm in received] == [((36, 16, 256), winograd.F4),
+                                                                  ((16, 16, 256), winograd.F2)]  # fmt: skip
+    assert nn.winograd_algorithm(np.zeros((2, 32, 64, 64), np.float32)) is None  # too few channels
 
 
-@pytest.mark.parametrize("batch,heads,q_len,k_len,masked,scale", [(2, 8, 300, 300, False, 1), (1, 1, 1030, 1030, False, 1),
-                                                                   (3, 5, 77, 77, True, 1), (2, 4, 513, 77, False, 1),
-                                                                   (2, 4, 300, 77, False, 30)])  # fmt: skip
+@pytest.mark.parametrize("batch,heads,q_len,k_len,masked,scale",
+                         [(2, 8, 300, 300, False, 1), (1, 1, 1030, 1030, False, 1), (3, 5, 77, 77, True, 1),
+                          (2, 4, 513, 77, False, 1), (2, 4, 300, 77, False, 30)])  # fmt: skip
 def test_attention_in_blocks_equals_torch(torch, monkeypatch, batch, heads, q_len, k_len, masked, scale):
     """scale 30: scores of several hundred, where exp overflows unless each row's max is subtracted
     (smaller ones let attention skip that pass)."""
@@ -249,7 +255,7 @@ def test_float16_kernels_through_winograd(torch, monkeypatch):
     layer = nn.Conv2d(256, 8, 3, padding=1)
     layer.weight, layer.bias = weight.astype(np.float16), bias
     out = layer(x)
-    assert out.dtype == np.float32 and received[0].dtype == np.float32
+    assert out.dtype == np.float32 and received[0][0].dtype == np.float32
     rounded = torch.from_numpy(weight.astype(np.float16).astype(np.float64))
     theirs = torch.nn.functional.conv2d(torch.from_numpy(x).double(), rounded, torch.from_numpy(bias).double(), padding=1)
     assert relative_error(out, theirs.numpy()) <= TOLERANCE

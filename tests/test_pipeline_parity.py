@@ -46,6 +46,25 @@ def test_text_to_image(tiny, scheduler, negative, size, guidance):
     assert max_pixel_difference(ours, theirs) <= 1
 
 
+@pytest.mark.parametrize("guidance", [7.5, 1.0])
+def test_several_images_in_one_batch(tiny, guidance):
+    """num_images=3: three latents denoised as one UNet batch, their noise drawn at once, as
+    diffusers' num_images_per_prompt does; every image must match diffusers' image."""
+    from reference import reference_pipeline
+
+    folder, _ = tiny
+    theirs = reference_pipeline(folder, "pndm")(
+        PROMPT, negative_prompt="blurry", num_inference_steps=6, guidance_scale=guidance, height=64, width=48,
+        num_images_per_prompt=3, generator=torch_seed(11),
+    ).images  # fmt: skip
+    ours = minisd.load(folder)(PROMPT, negative_prompt="blurry", steps=6, guidance=guidance, height=64, width=48,
+                               scheduler="pndm", seed=11, num_images=3, progress=False)  # fmt: skip
+    assert len(ours) == len(theirs) == 3
+    assert max_pixel_difference(ours[1], ours[2]) > 10  # three different pictures, not one repeated
+    for mine, reference in zip(ours, theirs):
+        assert max_pixel_difference(mine, reference) <= 1
+
+
 def test_ddim_eta(tiny):
     """DDIM with eta > 0 draws fresh noise at every step, from the same generator as the latents."""
     from reference import reference_pipeline

@@ -1,0 +1,55 @@
+"""The roofline table's counts (minisd/roofline.py) against PyTorch's own FLOP counter and against
+the bytes a layer's arrays hold."""
+
+import numpy as np
+
+from minisd.backend import Backend
+from minisd.roofline import count_unet_step, table
+from minisd.weights import load_component
+
+
+def test_flops_equal_torch_flop_counter(tiny):
+    """The matrix FLOPs minisd counts for a UNet step (convolutions, linear layers, attention)
+    equal what torch.utils.flop_counter counts for diffusers' UNet on the same input. diffusers
+    runs its plain attention processor here (baddbmm, softmax, bmm): the counter has no formula
+    for the CPU's fused scaled_dot_product_attention."""
+    import torch
+    from diffusers.models.attention_processor import AttnProcessor
+    from torch.utils.flop_counter import FlopCounterMode
+
+    folder, (_, unet, _) = tiny
+    rng = np.random.default_rng(12)
+    sample = rng.standard_normal((2, 4, 16, 24), dtype=np.float32)
+    context = rng.standard_normal((2, 77, 32), dtype=np.float32)
+    layers = count_unet_step(load_component(folder, "unet", Backend()), sample, context)
+    fused = unet.attn_processors
+    unet.set_attn_processor(AttnProcessor())
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            unet(torch.from_numpy(sample), 981, torch.from_numpy(context))
+    finally:
+        unet.set_attn_processor(fused)  # the session's fixture, as it was
+    counted = counter.get_flop_counts()["Global"]
+    assert sum(work.flops for work in layers.values()) == counter.get_total_flops()
+    attention = sum(work.flops for work in layers.values() if work.kind == "attention")
+    assert attention == counted[torch.ops.aten.baddbmm] + counted[torch.ops.aten.bmm] > 0
+    assert {work.kind for work in layers.values()} == {"conv", "linear", "attention", "norm", "geglu"}
+
+
+def test_bytes_and_floors(tiny):
+    """A 1×1 convolution's bytes are its input, kernel and output in float16; the table puts the
+    largest floor first and bounds each layer by the slower of compute and memory."""
+    folder, _ = tiny
+    rng = np.random.default_rng(13)
+    sample = rng.standard_normal((1, 4, 8, 8), dtype=np.float32)
+    context = rng.standard_normal((1, 77, 32), dtype=np.float32)
+    layers = count_unet_step(load_component(folder, "unet", Backend()), sample, context)
+    conv_out = layers["conv 3x3 32->4 on 8x8"]  # the last layer: (1, 32, 8, 8) -> (1, 4, 8, 8)
+    assert conv_out.calls == 1
+    assert conv_out.bytes == 2 * (32 * 8 * 8 + 4 * 32 * 9 + 4 * 8 * 8)
+    assert conv_out.flops == 2 * (4 * 8 * 8) * (32 * 9)
+    assert conv_out.floor(1e12, 1e9) == (conv_out.bytes / 1e9, "memory")
+    assert conv_out.floor(1e6, 1e12) == (conv_out.flops / 1e6, "compute")
+    lines = table(layers, 1e12, 1e9).splitlines()
+    floors = [float(line.split()[-2]) for line in lines[1 : len(layers) + 1]]
+    assert floors == sorted(floors, reverse=True)
