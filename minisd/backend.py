@@ -76,11 +76,11 @@ def keep_freed_memory():
     By default an array over 128 KB is mapped fresh from the kernel and unmapped when freed, so
     every new activation pays a page fault per 4 KB page (the kernel zeroes each one): some
     35,000 faults and about 7% of a CPU UNet step, and a 200 MB array (a large layer's
-    Winograd kernels) 0.1–0.3 s, five times its computation. These settings never map
-    memory for an array: every one comes from the heap, where freed memory is reused, and the
-    heap stays at its high-water mark (measured peaks: +0.07 GB for a whole 512×512
-    generation, +0.34 GB for a tiled 1024×1024 decode). This changes malloc for the whole process, once; on a C library other than
-    glibc (macOS, Windows, musl) nothing happens.
+    Winograd kernels) 0.1–0.3 s, five times its computation. These settings never map memory
+    for an array: every one comes from the heap, where freed memory is reused, and the heap
+    stays at its high-water mark (measured peaks: +0.07 GB for a whole 512×512 generation,
+    +0.34 GB for a tiled 1024×1024 decode). This changes malloc for the whole process, once; on
+    a C library other than glibc (macOS, Windows, musl) nothing happens.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")

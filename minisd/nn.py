@@ -362,12 +362,12 @@ def attention(q, k, v, heads, mask=None):
     xp = array_module(q)
     batch, q_len, width = q.shape
     k_len = k.shape[1]
-    q = split_heads(q * (LOG2_E / math.sqrt(width // heads)), heads)  # (B·heads, Tq, d): scores in powers of 2
+    q = split_heads(q * (LOG2_E / math.sqrt(width // heads)), heads)  # (B·heads, Tq, d), scores in base 2
     k, v = split_heads(k, heads), split_heads(v, heads)  # (B·heads, Tk, d)
     out = xp.empty_like(q)
     scores_limit = ATTENTION_SCORES_GPU if on_gpu(q) else ATTENTION_SCORES_CPU
 
-    shift_by_max = mask is not None or on_gpu(q)  # always (on the GPU, the bound would wait for the device)
+    shift_by_max = mask is not None or on_gpu(q)  # on the GPU, checking the bound would wait for the device
 
     def attend(items):  # a slice of the B·heads heads
         keys, values = k[items], v[items].astype("float32", copy=False)
