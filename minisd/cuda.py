@@ -14,12 +14,14 @@ from .resources import shipped_folder
 
 ATTENTION_HEAD_DIMS = (40, 64, 80, 160)
 ATTENTION_WARPS = 4  # queries per thread block, as WARPS in kernels/attention.cu
+FUSED_THREADS = 256  # threads per block, as THREADS in kernels/fused.cu
 DTYPE_NAMES = {numpy.dtype("float32"): "f32", numpy.dtype("float16"): "f16"}
 
 
 def kernel_source(name):
-    """The text of kernels/<name>.cu."""
-    return (shipped_folder("minisd.kernels", "kernels") / f"{name}.cu").read_text()
+    """The text of kernels/<name>.cu, after the helpers all kernels share (kernels/common.cuh)."""
+    folder = shipped_folder("minisd.kernels", "kernels")
+    return (folder / "common.cuh").read_text() + (folder / f"{name}.cu").read_text()
 
 
 @functools.cache
@@ -56,4 +58,38 @@ def attention(q, k, v, heads, mask=None, out=None):
     kernel(grid, (ATTENTION_WARPS * 32,),
            (q, k, v, mask, numpy.int32(has_mask), out, numpy.int32(heads), numpy.int32(q_len),
             numpy.int32(k.shape[1]), numpy.float32(1 / math.sqrt(head_dim))))  # fmt: skip
+    return out
+
+
+def fused_supported(x):
+    """Whether kernels/fused.cu covers x (a CuPy array of float32 or float16)."""
+    return x.dtype in DTYPE_NAMES
+
+
+def group_norm(x, num_groups, weight, bias, eps, out=None):
+    """nn.group_norm for x (B, C, ...), in one kernel; `out` (optional, like x) receives it."""
+    import cupy
+
+    batch, channels = x.shape[:2]
+    x = cupy.ascontiguousarray(x)
+    out = cupy.empty_like(x) if out is None else out
+    kernel = _module("fused").get_function(f"group_norm_{DTYPE_NAMES[x.dtype]}")
+    gamma, beta = (cupy.ascontiguousarray(p, dtype=cupy.float32) for p in (weight, bias))
+    kernel((batch * num_groups,), (FUSED_THREADS,),
+           (x, gamma, beta, out, numpy.int32(channels), numpy.int32(num_groups), numpy.int32(x[0, 0].size),
+            numpy.float32(eps)))  # fmt: skip
+    return out
+
+
+def geglu(projected, out=None):
+    """hidden · GELU(gate) for the two halves of projected's last axis: (..., 2·inner) -> (..., inner),
+    into `out` if given."""
+    import cupy
+
+    projected = cupy.ascontiguousarray(projected)
+    inner = projected.shape[-1] // 2
+    out = cupy.empty((*projected.shape[:-1], inner), projected.dtype) if out is None else out
+    kernel = _module("fused").get_function(f"geglu_{DTYPE_NAMES[projected.dtype]}")
+    blocks = (out.size + FUSED_THREADS - 1) // FUSED_THREADS
+    kernel((blocks,), (FUSED_THREADS,), (projected, out, numpy.int64(out.size), numpy.int32(inner)))
     return out

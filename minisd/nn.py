@@ -278,8 +278,11 @@ def group_norm(x, num_groups, weight, bias, eps):
     """Normalise each group of channels over (channels in group, H, W), then scale and shift.
 
     Statistics are taken in float32 even for float16 inputs (a float16 sum overflows). Groups
-    are independent, so they are normalised a few at a time, on every core (parallel.py).
+    are independent, so they are normalised a few at a time, on every core (parallel.py). On
+    the GPU, kernels/fused.cu does it in one kernel.
     """
+    if on_gpu(x) and cuda.fused_supported(x):
+        return cuda.group_norm(x, num_groups, weight, bias, eps)
     xp = array_module(x)
     batch, channels = x.shape[:2]
     group_size = channels // num_groups
@@ -458,6 +461,16 @@ def gelu(x):
         return y
 
     return elementwise(equation, x)
+
+
+def geglu(projected):
+    """GEGLU's gate: hidden · GELU(gate) for the two halves of the last axis, (..., 2·inner) ->
+    (..., inner). On the GPU, kernels/fused.cu computes it in one kernel."""
+    if on_gpu(projected) and cuda.fused_supported(projected):
+        return cuda.geglu(projected)
+    half = projected.shape[-1] // 2
+    hidden, gate = projected[..., :half], projected[..., half:]
+    return elementwise(lambda hidden, gate: hidden * gelu(gate), hidden, gate)
 
 
 def erfc_nonnegative(z):

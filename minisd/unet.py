@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 from .backend import array_module
 from .blocks import Attention, Downsample2D, ResnetBlock2D, Upsample2D, silu_in_place
-from .nn import Config, Conv2d, GroupNorm, LayerNorm, Linear, Module, gelu, silu
-from .parallel import elementwise
+from .nn import Config, Conv2d, GroupNorm, LayerNorm, Linear, Module, geglu, silu
 
 
 @dataclass
@@ -228,10 +227,7 @@ class GEGLU(Module):
         self.proj = Linear(dim, 2 * inner)
 
     def __call__(self, x):
-        projected = self.proj(x)  # (B, T, 2·inner)
-        half = projected.shape[-1] // 2
-        hidden, gate = projected[..., :half], projected[..., half:]
-        return elementwise(lambda hidden, gate: hidden * gelu(gate), hidden, gate)
+        return geglu(self.proj(x))  # (B, T, 2·inner) -> (B, T, inner)
 
 
 # ---------------------------------------------------------------- down, mid and up blocks

@@ -125,6 +125,7 @@ def test_activations_and_norms_in_blocks_equal_torch(torch):
         (nn.quick_gelu(view), t * torch.sigmoid(1.702 * t)),
         (nn.group_norm(view, 8, weight, bias, 1e-5),
          functional.group_norm(t, 8, torch.from_numpy(weight).double(), torch.from_numpy(bias).double(), 1e-5)),
+        (nn.geglu(view[..., :34]), view_halves_geglu(t[..., :34], functional)),
         (nn.layer_norm(view, weight[:1].repeat(35), bias[:1].repeat(35), 1e-5),
          functional.layer_norm(t, (35,), torch.from_numpy(weight[:1].repeat(35)).double(),
                                torch.from_numpy(bias[:1].repeat(35)).double(), 1e-5)),
@@ -135,6 +136,12 @@ def test_activations_and_norms_in_blocks_equal_torch(torch):
     tail = [-12.0, -10.0, -5.0]  # x·Φ(x) = x·½·erfc(-x/√2), tiny: torch's float64 1 + erf(x/√2) cancels to 0
     np.testing.assert_allclose(nn.gelu(np.array(tail, np.float32)), [x * 0.5 * math.erfc(-x / math.sqrt(2)) for x in tail],
                                rtol=1e-5, atol=0)  # fmt: skip
+
+
+def view_halves_geglu(t, functional):
+    """diffusers' GEGLU after its projection: the first half of the last axis times GELU(second)."""
+    hidden, gate = t.chunk(2, dim=-1)
+    return hidden * functional.gelu(gate)
 
 
 def test_in_blocks_covers_every_item_once_and_reraises():

@@ -188,3 +188,21 @@ def test_uncovered_head_dim_uses_plain_cupy():
     assert not cuda.attention_supported(cupy.asarray(q), cupy.asarray(k), 2)
     result = nn.attention(*(cupy.asarray(x) for x in (q, k, v)), heads=2).get()
     assert relative_error(result, reference_attention(q, k, v, 2, None)) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-5), ("float16", 3e-3)])
+def test_fused_kernels_against_numpy(dtype, tolerance):
+    """kernels/fused.cu's GroupNorm and GEGLU against nn.py's NumPy code in float32, every output
+    element written (the output is poisoned with NaN first), at SD 1.5 sizes."""
+    rng = np.random.default_rng(11)
+    x = 3 * rng.standard_normal((2, 640, 32, 32), dtype=np.float32) + 1
+    weight, bias = 1 + 0.1 * rng.standard_normal(640, dtype=np.float32), rng.standard_normal(640, dtype=np.float32)
+    out = cupy.full(x.shape, np.nan, dtype=dtype)
+    cuda.group_norm(cupy.asarray(x, dtype), 32, cupy.asarray(weight), cupy.asarray(bias), 1e-5, out=out)
+    assert np.isfinite(out.get()).all()
+    assert relative_error(out.get(), nn.group_norm(x, 32, weight, bias, 1e-5)) <= tolerance
+    projected = 3 * rng.standard_normal((2, 300, 2 * 1280), dtype=np.float32)
+    out = cupy.full((2, 300, 1280), np.nan, dtype=dtype)
+    cuda.geglu(cupy.asarray(projected, dtype), out=out)
+    assert np.isfinite(out.get()).all()
+    assert relative_error(out.get(), nn.geglu(projected)) <= tolerance

@@ -29,15 +29,17 @@ def nvrtc_ptx(source, name, arch):
 
 
 def test_kernels_exist():
-    assert [path.name for path in KERNELS] == ["attention.cu"]
+    assert [path.name for path in KERNELS] == ["attention.cu", "fused.cu"]
 
 
 @pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
 @pytest.mark.parametrize("path", KERNELS, ids=[path.name for path in KERNELS])
 def test_compiles_to_ptx(path, arch):
-    ptx = nvrtc_ptx(path.read_text(), path.name, arch)
+    from minisd import cuda
+
+    ptx = nvrtc_ptx(cuda.kernel_source(path.stem), path.name, arch)  # as minisd compiles it: after common.cuh
     assert f".target sm_{arch[-2:]}" in ptx
-    declared = set(re.findall(r"^ENTRY\((\w+),", path.read_text(), re.MULTILINE))
+    declared = set(re.findall(r"^[A-Z_]+\((\w+),", path.read_text(), re.MULTILINE))  # ENTRY(name, ...) lines
     entries = set(re.findall(r"\.entry (\w+)\(", ptx))
     assert declared and declared <= entries
 
@@ -50,3 +52,12 @@ def test_attention_entry_points_cover_the_python_dispatch():
     for dtype in cuda.DTYPE_NAMES.values():
         for head_dim in cuda.ATTENTION_HEAD_DIMS:
             assert f"ENTRY(attention_{dtype}_d{head_dim}," in source
+
+
+def test_fused_entry_points_cover_the_python_dispatch():
+    """group_norm and geglu exist for every dtype minisd/cuda.py sends to kernels/fused.cu."""
+    from minisd import cuda
+
+    source = cuda.kernel_source("fused")
+    for dtype in cuda.DTYPE_NAMES.values():
+        assert f"GROUP_NORM(group_norm_{dtype}," in source and f"GEGLU(geglu_{dtype}," in source
