@@ -333,9 +333,10 @@ def softmax_in_place(x):
 
 
 # Scores of (keys x query rows) for the heads one block of work handles are kept under this
-# many elements: 1 Mi floats = 4 MB in float32 on the CPU, so the softmax passes stay in the
-# cache (256 query rows of 4096 keys). On the GPU, 16 Mi floats (64 MB) per query chunk.
-ATTENTION_SCORES_CPU = 2**20
+# many elements: 512 Ki floats = 2 MB in float32 on the CPU, so the softmax passes stay in the
+# cache (128 query rows of 4096 keys; measured 2–7 % faster on SD's layers than 4 MB blocks).
+# On the GPU, 16 Mi floats (64 MB) per query chunk.
+ATTENTION_SCORES_CPU = 2**19
 ATTENTION_SCORES_GPU = 16 * 2**20
 # The CPU path takes the softmax in powers of two: e^s = 2^(s·log₂e), and NumPy's float32 exp2
 # runs twice as fast as its exp. softmax(s) = softmax(s − c) for any shift c; the usual shift,
