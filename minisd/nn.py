@@ -374,7 +374,9 @@ def attention(q, k, v, heads, mask=None):
     shift_by_max = mask is not None or on_gpu(q)  # on the GPU, checking the bound would wait for the device
 
     def attend(items):  # a slice of the B·heads heads
-        keys, values = k[items], v[items].astype("float32", copy=False)
+        keys = k[items]
+        values = xp.ones((items.stop - items.start, k.shape[2] + 1, k_len), "float32")  # (heads, d + 1, Tk)
+        values[:, :-1] = v[items].transpose(0, 2, 1)  # Vᵀ, then a row of ones: the product adds up each softmax
         key_reach = None if shift_by_max else longest_row(keys)
         rows = max(1, scores_limit // ((items.stop - items.start) * k_len))
         for start in range(0, q_len, rows):
@@ -385,9 +387,8 @@ def attention(q, k, v, heads, mask=None):
             if shift_by_max or longest_row(queries) * key_reach > SAFE_EXPONENT:
                 scores -= scores.max(axis=1, keepdims=True)
             xp.exp2(scores, out=scores)
-            weighted = values.transpose(0, 2, 1) @ scores  # (heads, d, rows)
-            weighted /= scores.sum(axis=1, keepdims=True)
-            out[items, start : start + rows] = weighted.transpose(0, 2, 1)
+            weighted = values @ scores  # (heads, d + 1, rows): Vᵀ P and, last, Σ P
+            out[items, start : start + rows] = (weighted[:, :-1] / weighted[:, -1:]).transpose(0, 2, 1)
 
     in_blocks(attend, batch * heads, q_len * k_len, q)
     return merge_heads(out, batch)  # (B, Tq, heads·d)
