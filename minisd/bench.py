@@ -33,6 +33,7 @@ from . import blocks, clip, nn
 from .backend import Backend
 from .clip import CLIPTextConfig, CLIPTextModel
 from .pipeline import Pipeline
+from .roofline import attention_flops, conv_flops, linear_flops
 from .tokenizer import CLIPTokenizer
 from .unet import UNet2DConditionModel, UNetConfig
 from .vae import AutoencoderKL, VAEConfig
@@ -77,15 +78,16 @@ def count_flops():
 
     def counted_conv(self, x):
         y = conv_call(self, x)
-        total[0] += 2 * y.size * numpy.prod(self.weight.shape[1:])  # as direct convolution
+        total[0] += conv_flops(self.weight, y)
         return y
 
     def counted_linear(x, weight, bias=None):
-        total[0] += 2 * (x.size // x.shape[-1]) * weight.shape[0] * weight.shape[1]
-        return linear(x, weight, bias)
+        y = linear(x, weight, bias)
+        total[0] += linear_flops(weight, y)
+        return y
 
     def counted_attention(q, k, v, heads, mask=None):
-        total[0] += 4 * q.shape[0] * q.shape[1] * k.shape[1] * q.shape[2]  # QKᵀ and (softmax)V
+        total[0] += attention_flops(q.shape[0], q.shape[1], k.shape[1], q.shape[2])
         return attention(q, k, v, heads, mask)
 
     nn.Conv2d.__call__, nn.linear = counted_conv, counted_linear
@@ -324,7 +326,7 @@ def bench_attention(backend, head_dim, tokens=4096, width=320, repeat=10):
     heads = width // head_dim
     rng = numpy.random.default_rng(2)
     q, k, v = (rng.standard_normal((2, tokens, width), dtype=numpy.float32) for _ in range(3))
-    flops = 4 * 2 * tokens * tokens * width
+    flops = attention_flops(2, tokens, tokens, width)
     qd, kd, vd = (backend.asarray(x) for x in (q, k, v))
     case = Case("attention", lambda: nn.attention(qd, kd, vd, heads))
     try:

@@ -45,9 +45,9 @@ def in_blocks(work, count, item_size, array):
     """Call `work(items)` on slices `items` that together cover range(count) once.
 
     An item is `item_size` elements of work (a row, a head); a slice holds about
-    BLOCK_ELEMENTS of them (at least one item), and the slices are dealt out to the cores like cards. `array` tells where the
-    work lives: for a GPU array `work(slice(0, count))` runs once. Called from inside a block,
-    it runs there, in order (no thread waits on itself).
+    BLOCK_ELEMENTS of them (at least one item), and the slices are dealt out to the cores like
+    cards. `array` tells where the work lives: for a GPU array `work(slice(0, count))` runs
+    once. Called from inside a block, it runs there, in order (no thread waits on itself).
     """
     if on_gpu(array) or getattr(_inside_block, "active", False):
         work(slice(0, count))

@@ -23,8 +23,27 @@ import numpy
 from .backend import Backend
 from .blocks import Attention
 from .nn import Conv2d, GroupNorm, LayerNorm, Linear, forward_hooks
+from .unet import GEGLU
 
 HALF = 2  # bytes per float16 value
+
+
+# FLOPs (2 per multiply-add) of the layers that do matrix work; bench.py counts with them too.
+
+
+def conv_flops(weight, output):
+    """A convolution, counted as direct convolution (Winograd's savings show as a higher rate)."""
+    return 2 * output.size * int(numpy.prod(weight.shape[1:]))
+
+
+def linear_flops(weight, output):
+    return 2 * output.size * weight.shape[1]
+
+
+def attention_flops(batch, q_len, k_len, width):
+    """softmax(QKᵀ/√d)V over all heads (width = heads·d): QKᵀ and PV, 2 multiply-adds per
+    (query, key, channel)."""
+    return 4 * batch * q_len * k_len * width
 
 
 @dataclass
@@ -48,24 +67,23 @@ def layer_work(module, args, output):
         x, weight = args[0], module.weight
         batch, channels, height, width = x.shape
         label = f"conv {weight.shape[2]}x{weight.shape[3]} {channels}->{weight.shape[0]} on {height}x{width}"
-        flops = 2 * output.size * numpy.prod(weight.shape[1:])
-        return label, Work("conv", flops, HALF * (x.size + weight.size + output.size))
+        return label, Work("conv", conv_flops(weight, output), HALF * (x.size + weight.size + output.size))
     if isinstance(module, Linear):
         x, weight = args[0], module.weight
         label = f"linear {weight.shape[1]}->{weight.shape[0]} on {x.size // x.shape[-1]} tokens"
-        return label, Work("linear", 2 * output.size * weight.shape[1], HALF * (x.size + weight.size + output.size))
+        return label, Work("linear", linear_flops(weight, output), HALF * (x.size + weight.size + output.size))
     if isinstance(module, Attention):  # the core softmax(QKᵀ/√d)V; its projections count as linear
         x = args[0]
         context = args[1] if len(args) > 1 and args[1] is not None else x
         batch, q_len = x.shape[:2]
         k_len, width = context.shape[1], module.to_q.weight.shape[0]
         label = f"attention {q_len}x{k_len} tokens, {module.heads} heads of {width // module.heads}"
-        flops = 4 * batch * q_len * k_len * width  # QKᵀ and PV: 2 multiply-adds per (query, key, channel)
+        flops = attention_flops(batch, q_len, k_len, width)
         return label, Work("attention", flops, HALF * batch * (2 * q_len + 2 * k_len) * width)  # q, k, v, out
     if isinstance(module, (GroupNorm, LayerNorm)):
         label = f"{type(module).__name__} on {output.shape}"
         return label, Work("norm", 0, HALF * 2 * output.size)
-    if type(module).__name__ == "GEGLU":  # hidden · GELU(gate) after its projection (counted as linear)
+    if isinstance(module, GEGLU):  # hidden · GELU(gate) after its projection (counted as linear)
         return f"GEGLU on {output.shape}", Work("geglu", 0, HALF * 3 * output.size)
     return None
 

@@ -4,13 +4,15 @@ the bytes a layer's arrays hold."""
 import numpy as np
 
 from minisd.backend import Backend
+from minisd.bench import count_flops
 from minisd.roofline import count_unet_step, table
 from minisd.weights import load_component
 
 
 def test_flops_equal_torch_flop_counter(tiny):
-    """The matrix FLOPs minisd counts for a UNet step (convolutions, linear layers, attention)
-    equal what torch.utils.flop_counter counts for diffusers' UNet on the same input. diffusers
+    """The matrix FLOPs minisd counts for a UNet step (convolutions, linear layers, attention),
+    in the roofline table and in the benchmark's GFLOP/s, equal what torch.utils.flop_counter
+    counts for diffusers' UNet on the same input. diffusers
     runs its plain attention processor here (baddbmm, softmax, bmm): the counter has no formula
     for the CPU's fused scaled_dot_product_attention."""
     import torch
@@ -21,7 +23,10 @@ def test_flops_equal_torch_flop_counter(tiny):
     rng = np.random.default_rng(12)
     sample = rng.standard_normal((2, 4, 16, 24), dtype=np.float32)
     context = rng.standard_normal((2, 77, 32), dtype=np.float32)
-    layers = count_unet_step(load_component(folder, "unet", Backend()), sample, context)
+    ours = load_component(folder, "unet", Backend())
+    layers = count_unet_step(ours, sample, context)
+    with count_flops() as benchmark:
+        ours(sample, 981, context)
     fused = unet.attn_processors
     unet.set_attn_processor(AttnProcessor())
     try:
@@ -30,7 +35,7 @@ def test_flops_equal_torch_flop_counter(tiny):
     finally:
         unet.set_attn_processor(fused)  # the session's fixture, as it was
     counted = counter.get_flop_counts()["Global"]
-    assert sum(work.flops for work in layers.values()) == counter.get_total_flops()
+    assert sum(work.flops for work in layers.values()) == benchmark[0] == counter.get_total_flops()
     attention = sum(work.flops for work in layers.values() if work.kind == "attention")
     assert attention == counted[torch.ops.aten.baddbmm] + counted[torch.ops.aten.bmm] > 0
     assert {work.kind for work in layers.values()} == {"conv", "linear", "attention", "norm", "geglu"}
