@@ -4,6 +4,9 @@ tiled VAE decoding (against diffusers' own tiled decode). Each fast path is comp
 torch in float64 on shapes that make it split its work unevenly."""
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -159,6 +162,42 @@ def test_in_blocks_covers_every_item_once_and_reraises():
 
     with pytest.raises(ValueError, match="block"):
         parallel.in_blocks(fail, 100, parallel.BLOCK_ELEMENTS, seen)
+
+
+BLAS_TIMEOUT_PROBE = """
+import ctypes, numpy as np
+from threadpoolctl import ThreadpoolController
+a = np.random.default_rng(0).standard_normal((300, 300))
+a @ a  # OpenBLAS's threads exist before minisd sets anything
+from minisd.backend import Backend
+Backend("numpy")
+blas = ThreadpoolController().select(internal_api="openblas").lib_controllers[0]
+print(ctypes.CDLL(blas.filepath).openblas_thread_timeout(), blas.num_threads)
+print(float(np.abs(a @ a - np.einsum("ij,jk->ik", a, a)).max()))
+"""
+BLAS_THREADS_ALONE = """
+import numpy
+from threadpoolctl import ThreadpoolController
+print(ThreadpoolController().select(internal_api="openblas").lib_controllers[0].num_threads)
+"""
+
+
+@pytest.mark.parametrize("users_setting", [None, "12"])
+def test_idle_blas_threads_sleep_unless_the_user_says(users_setting):
+    """OpenBLAS was loaded by NumPy before minisd: it reads OPENBLAS_THREAD_TIMEOUT again (its own
+    report of the value, openblas_thread_timeout), keeps its thread count, and its threads, started
+    again, still multiply right (against einsum's own loop). A user's value is left as it is."""
+    env = {key: value for key, value in os.environ.items() if key != "OPENBLAS_THREAD_TIMEOUT"}
+    if users_setting:
+        env["OPENBLAS_THREAD_TIMEOUT"] = users_setting
+
+    def run(code):
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+
+    (timeout, threads), (error,) = (line.split() for line in run(BLAS_TIMEOUT_PROBE).splitlines())
+    assert int(timeout) == int(users_setting or minisd.backend.BLAS_THREAD_TIMEOUT)
+    assert threads == run(BLAS_THREADS_ALONE).strip()
+    assert float(error) < 1e-9
 
 
 # ---------------------------------------------------------------- tiled VAE decoding
