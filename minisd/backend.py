@@ -110,7 +110,9 @@ def let_idle_blas_threads_sleep():
     OpenBLAS reads its environment when it loads, with NumPy, before minisd can set anything.
     So it is asked to read it again (`openblas_read_env`) and to stop its threads
     (`blas_thread_shutdown_`, what it does before a fork); the next product starts them again
-    with the new timeout. A build without these two functions keeps its own setting.
+    with the new timeout. A build without these two functions keeps its own setting. It runs
+    once per process, when the first NumPy backend is made: the variable then stays set (child
+    processes inherit it and read it as they load).
     """
     if "OPENBLAS_THREAD_TIMEOUT" in os.environ:
         return
