@@ -1,6 +1,7 @@
 // Fused GroupNorm and GEGLU: one kernel each where CuPy would launch one per operation
-// (GroupNorm is ~8 passes over the feature map in nn.py's array code, GEGLU's exact GELU ~30). Both are memory-bound (python -m minisd.roofline: 14 % of a UNet step's floor on an
-// H100), so what counts is reading and writing each value as few times as possible.
+// (GroupNorm is ~8 passes over the feature map in nn.py's array code, GEGLU's exact GELU ~30).
+// Both are memory-bound (python -m minisd.roofline: 14 % of a UNet step's floor on an H100), so
+// what counts is reading and writing each value as few times as possible.
 //
 // group_norm: x (B, C, H·W) in G groups of C/G channels. For each (batch item, group):
 //     mean = Σ x / n,  var = Σ (x − mean)² / n  (n = C/G · H·W, float32, the two-pass formula of nn.py)
