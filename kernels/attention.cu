@@ -20,7 +20,8 @@
 //
 // Shapes covered: head dims 40, 64, 80, 160 (SD 1.x: 40/80/160, SD 2.x and CLIP: 64), any token
 // counts (4096+ self-attention, 77-key cross-attention). minisd/cuda.py falls back to plain
-// CuPy for anything else.
+// CuPy for anything else, and sends float16 on Ampere and later GPUs to kernels/attention_tc.cu
+// (the same math on tensor cores); this kernel serves float32 and float16 on older GPUs.
 
 #define WARPS 4
 #define TILE 32

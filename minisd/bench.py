@@ -29,7 +29,7 @@ import time
 
 import numpy
 
-from . import blocks, clip, nn
+from . import blocks, clip, cuda, nn
 from .backend import Backend
 from .clip import CLIPTextConfig, CLIPTextModel
 from .pipeline import Pipeline
@@ -322,7 +322,8 @@ def run_benchmarks(args, backend):
 
 
 def bench_attention(backend, head_dim, tokens=4096, width=320, repeat=10):
-    """Self-attention over `tokens` tokens (batch 2): minisd's attention vs torch SDPA, TFLOP/s."""
+    """Self-attention over `tokens` tokens (batch 2): minisd's attention vs torch SDPA, TFLOP/s;
+    in float16 on tensor cores, kernels/attention.cu (CUDA cores) too, for what they gain."""
     heads = width // head_dim
     rng = numpy.random.default_rng(2)
     q, k, v = (rng.standard_normal((2, tokens, width), dtype=numpy.float32) for _ in range(3))
@@ -345,6 +346,10 @@ def bench_attention(backend, head_dim, tokens=4096, width=320, repeat=10):
     if "theirs" in seconds:
         text += f", torch SDPA {seconds['theirs'] * 1e3:.2f} ms ({flops / seconds['theirs'] / 1e12:.1f} TFLOP/s), " \
                 f"ratio {seconds['ours'] / seconds['theirs']:.2f}"  # fmt: skip
+    if backend.dtype == numpy.float16 and cuda.has_tensor_cores():
+        plain = Case("attention", lambda: cuda.attention(qd, kd, vd, heads, tensor_cores=False))
+        plain_seconds = time_case(plain, backend, None, repeat)["ours"]
+        text += f"; on CUDA cores (kernels/attention.cu) {plain_seconds * 1e3:.2f} ms ({flops / plain_seconds / 1e12:.1f} TFLOP/s)"
     return text
 
 

@@ -2,7 +2,9 @@
 
 Only hot spots that earn it get a kernel; each computes exactly what the NumPy function of the
 same name in nn.py computes (that code stays the readable reference, and the tests compare
-the two). The .cu sources ship inside the package as `minisd.kernels`.
+the two). The .cu sources ship inside the package as `minisd.kernels`. The launch code below
+takes its array functions from the arrays it is given, so the tests can also run it, and the
+kernels, on NumPy arrays in a CPU emulator of CUDA (tests/cuda_emulator.py).
 """
 
 import functools
@@ -10,10 +12,13 @@ import math
 
 import numpy
 
+from .backend import array_module
 from .resources import shipped_folder
 
 ATTENTION_HEAD_DIMS = (40, 64, 80, 160)
-ATTENTION_WARPS = 4  # queries per thread block, as WARPS in kernels/attention.cu
+ATTENTION_THREADS = 128  # both attention kernels run blocks of 4 warps
+ATTENTION_QUERIES = 4  # queries per block in kernels/attention.cu (one per warp)
+TC_QUERIES = 64  # queries per block in kernels/attention_tc.cu (16 per warp: TC_WARPS · ROWS)
 FUSED_THREADS = 256  # threads per block, as THREADS in kernels/fused.cu
 DTYPE_NAMES = {numpy.dtype("float32"): "f32", numpy.dtype("float16"): "f16"}
 
@@ -31,31 +36,48 @@ def _module(name):
     return cupy.RawModule(code=kernel_source(name), options=("-std=c++17",))
 
 
+@functools.cache
+def has_tensor_cores():
+    """Whether this GPU runs kernels/attention_tc.cu's fp16 mma.m16n8k16: Ampere (8.0) or later."""
+    import cupy
+
+    return int(cupy.cuda.Device().compute_capability) >= 80
+
+
 def attention_supported(q, k, heads):
     """Whether kernels/attention.cu covers these inputs (else nn.attention runs plain CuPy)."""
     head_dim = q.shape[-1] // heads
     return head_dim in ATTENTION_HEAD_DIMS and q.dtype in DTYPE_NAMES and k.dtype == q.dtype
 
 
-def attention(q, k, v, heads, mask=None, out=None):
+def attention(q, k, v, heads, mask=None, out=None, tensor_cores=None):
     """softmax(Q Kᵀ / √d + mask) V for q (B, Tq, heads·d), k and v (B, Tk, heads·d), fused.
 
+    float16 runs on tensor cores (kernels/attention_tc.cu) where the GPU has them, float32 and
+    older GPUs on kernels/attention.cu; `tensor_cores` (True or False) overrides the choice.
     `out` (optional, like q) receives the result; the kernel writes every element of it.
     """
-    import cupy
-
+    xp = array_module(q)
     batch, q_len, width = q.shape
     head_dim = width // heads
-    q, k, v = (cupy.ascontiguousarray(x) for x in (q, k, v))
-    out = cupy.empty_like(q) if out is None else out  # (B, Tq, heads·d)
+    q, k, v = (xp.ascontiguousarray(x) for x in (q, k, v))
+    out = xp.empty_like(q) if out is None else out  # (B, Tq, heads·d)
     has_mask = mask is not None
     if has_mask:
-        mask = cupy.ascontiguousarray(cupy.broadcast_to(mask, (q_len, k.shape[1])), dtype=cupy.float32)
+        mask = xp.ascontiguousarray(xp.broadcast_to(mask, (q_len, k.shape[1])), dtype=xp.float32)
     else:
-        mask = cupy.zeros(1, dtype=cupy.float32)  # not read
-    kernel = _module("attention").get_function(f"attention_{DTYPE_NAMES[q.dtype]}_d{head_dim}")
-    grid = ((q_len + ATTENTION_WARPS - 1) // ATTENTION_WARPS, batch * heads)
-    kernel(grid, (ATTENTION_WARPS * 32,),
+        mask = xp.zeros(1, dtype=xp.float32)  # not read
+    if tensor_cores is None:
+        tensor_cores = q.dtype == numpy.float16 and has_tensor_cores()
+    if tensor_cores and q.dtype != numpy.float16:
+        raise ValueError(f"kernels/attention_tc.cu takes float16 only, not {q.dtype}")
+    if tensor_cores:
+        module, name, queries_per_block = "attention_tc", f"tc_d{head_dim}", TC_QUERIES
+    else:
+        module, name, queries_per_block = "attention", f"{DTYPE_NAMES[q.dtype]}_d{head_dim}", ATTENTION_QUERIES
+    kernel = _module(module).get_function(f"attention_{name}")
+    grid = ((q_len + queries_per_block - 1) // queries_per_block, batch * heads)
+    kernel(grid, (ATTENTION_THREADS,),
            (q, k, v, mask, numpy.int32(has_mask), out, numpy.int32(heads), numpy.int32(q_len),
             numpy.int32(k.shape[1]), numpy.float32(1 / math.sqrt(head_dim))))  # fmt: skip
     return out
@@ -68,13 +90,12 @@ def fused_supported(x):
 
 def group_norm(x, num_groups, weight, bias, eps, out=None):
     """nn.group_norm for x (B, C, ...), in one kernel; `out` (optional, like x) receives it."""
-    import cupy
-
+    xp = array_module(x)
     batch, channels = x.shape[:2]
-    x = cupy.ascontiguousarray(x)
-    out = cupy.empty_like(x) if out is None else out
+    x = xp.ascontiguousarray(x)
+    out = xp.empty_like(x) if out is None else out
     kernel = _module("fused").get_function(f"group_norm_{DTYPE_NAMES[x.dtype]}")
-    gamma, beta = (cupy.ascontiguousarray(p, dtype=cupy.float32) for p in (weight, bias))
+    gamma, beta = (xp.ascontiguousarray(p, dtype=xp.float32) for p in (weight, bias))
     kernel((batch * num_groups,), (FUSED_THREADS,),
            (x, gamma, beta, out, numpy.int32(channels), numpy.int32(num_groups), numpy.int32(x[0, 0].size),
             numpy.float32(eps)))  # fmt: skip
@@ -84,11 +105,10 @@ def group_norm(x, num_groups, weight, bias, eps, out=None):
 def geglu(projected, out=None):
     """hidden · GELU(gate) for the two halves of projected's last axis: (..., 2·inner) -> (..., inner),
     into `out` if given."""
-    import cupy
-
-    projected = cupy.ascontiguousarray(projected)
+    xp = array_module(projected)
+    projected = xp.ascontiguousarray(projected)
     inner = projected.shape[-1] // 2
-    out = cupy.empty((*projected.shape[:-1], inner), projected.dtype) if out is None else out
+    out = xp.empty((*projected.shape[:-1], inner), projected.dtype) if out is None else out
     kernel = _module("fused").get_function(f"geglu_{DTYPE_NAMES[projected.dtype]}")
     blocks = (out.size + FUSED_THREADS - 1) // FUSED_THREADS
     kernel((blocks,), (FUSED_THREADS,), (projected, out, numpy.int64(out.size), numpy.int32(inner)))

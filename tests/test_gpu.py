@@ -7,12 +7,14 @@ NaN/Inf, and pictures within PSNR 35 dB; the attention kernel against a float64 
 
 from pathlib import Path
 
+import kernel_checks
 import numpy as np
 import pytest
+from kernel_checks import relative_error
 
 import minisd
-from minisd.backend import Backend
 from minisd import cuda, nn
+from minisd.backend import Backend
 from minisd.bench import place, random_weights
 from minisd.clip import CLIPTextConfig, CLIPTextModel
 from minisd.unet import UNet2DConditionModel, UNetConfig
@@ -28,11 +30,6 @@ except cupy.cuda.runtime.CUDARuntimeError as error:
 FOLDER = Path(__file__).parent / "fixtures" / "tiny-sd"
 CPU, GPU, GPU16 = Backend("numpy", "float32"), Backend("cupy", "float32"), Backend("cupy", "float16")
 SD2_UNET = dict(attention_head_dim=(5, 10, 20, 20), use_linear_projection=True, cross_attention_dim=1024)
-
-
-def relative_error(actual, reference):
-    actual, reference = np.asarray(actual, np.float64), np.asarray(reference, np.float64)
-    return np.linalg.norm(actual - reference) / np.linalg.norm(reference)
 
 
 def on_both(name, call, *inputs):
@@ -136,49 +133,29 @@ def test_fp16_picture_close_to_numpy(scheduler):
 # ---------------------------------------------------------------- the attention kernel
 
 
-def reference_attention(q, k, v, heads, mask):
-    """softmax(Q Kᵀ/√d + mask) V in float64 on the CPU."""
-    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
-    batch, q_len, width = q.shape
-    d = width // heads
-    split = lambda x: x.reshape(batch, x.shape[1], heads, d).transpose(0, 2, 1, 3)  # noqa: E731
-    scores = split(q) @ split(k).transpose(0, 1, 3, 2) / np.sqrt(d)
-    if mask is not None:
-        scores = scores + mask
-    scores = np.exp(scores - scores.max(-1, keepdims=True))
-    out = (scores / scores.sum(-1, keepdims=True)) @ split(v)
-    return out.transpose(0, 2, 1, 3).reshape(batch, q_len, width)
-
-
-def random_mask(rng, q_len, k_len):
-    """Additive mask: -inf at random places, but every query keeps at least its first key."""
-    mask = np.where(rng.random((q_len, k_len)) < 0.3, -np.inf, 0).astype(np.float32)
-    mask[:, 0] = 0
-    return mask
-
-
-@pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-5), ("float16", 2e-3)])
+@pytest.mark.parametrize("dtype, tolerance, tensor_cores",
+                         [("float32", 1e-5, False), ("float16", 2e-3, False), ("float16", 2e-3, True)],
+                         ids=["float32", "float16", "float16-tensor-cores"])  # fmt: skip
 @pytest.mark.parametrize("head_dim", cuda.ATTENTION_HEAD_DIMS)
 @pytest.mark.parametrize("lengths", [(4096, 4096), (300, 77), (77, 77), (33, 130)], ids=lambda l: f"{l[0]}x{l[1]}")
 @pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
-def test_attention_kernel_against_float64(dtype, tolerance, head_dim, lengths, masked):
-    q_len, k_len = lengths
-    if q_len == 4096 and head_dim not in (40, 64):  # the 4096-token float64 reference is slow
+def test_attention_kernel_against_float64(dtype, tolerance, tensor_cores, head_dim, lengths, masked):
+    if lengths[0] == 4096 and head_dim not in (40, 64):  # the 4096-token float64 reference is slow
         pytest.skip("4096 tokens checked for head dims 40 and 64")
-    rng = np.random.default_rng(head_dim * 7 + q_len)
-    heads, batch = 2, 2
-    q = rng.standard_normal((batch, q_len, heads * head_dim)).astype(dtype)
-    k, v = (rng.standard_normal((batch, k_len, heads * head_dim)).astype(dtype) for _ in range(2))
-    mask = random_mask(rng, q_len, k_len) if masked else None
-    out = cupy.full(q.shape, np.nan, dtype=dtype)  # poison: every element must be written
-    xq, xk, xv = (cupy.asarray(x) for x in (q, k, v))
-    assert cuda.attention_supported(xq, xk, heads)
-    cuda.attention(xq, xk, xv, heads, None if mask is None else cupy.asarray(mask), out=out)
-    result = out.get().astype(np.float64)
-    reference = reference_attention(q, k, v, heads, mask)
-    assert np.isfinite(result).all()
-    assert relative_error(result, reference) <= tolerance
-    np.testing.assert_allclose(result, reference, atol=20 * tolerance)
+    if tensor_cores and not cuda.has_tensor_cores():
+        pytest.skip("kernels/attention_tc.cu needs an Ampere (sm_80) or later GPU")
+    kernel_checks.check_attention(cupy, dtype, tolerance, head_dim, lengths, masked, tensor_cores)
+
+
+def test_float16_attention_picks_tensor_cores():
+    """On Ampere and later, float16 attention runs kernels/attention_tc.cu: the same result as
+    asking for it by name, bit for bit."""
+    rng = np.random.default_rng(5)
+    q, k, v = (cupy.asarray(rng.standard_normal((2, 100, 2 * 40)), dtype=cupy.float16) for _ in range(3))
+    assert cuda.has_tensor_cores() == (int(cupy.cuda.Device().compute_capability) >= 80)
+    chosen = nn.attention(q, k, v, heads=2)
+    named = cuda.attention(q, k, v, 2, tensor_cores=cuda.has_tensor_cores())
+    assert bool((chosen == named).all())
 
 
 def test_uncovered_head_dim_uses_plain_cupy():
@@ -187,22 +164,10 @@ def test_uncovered_head_dim_uses_plain_cupy():
     q, k, v = (rng.standard_normal((1, 50, 32)).astype(np.float32) for _ in range(3))
     assert not cuda.attention_supported(cupy.asarray(q), cupy.asarray(k), 2)
     result = nn.attention(*(cupy.asarray(x) for x in (q, k, v)), heads=2).get()
-    assert relative_error(result, reference_attention(q, k, v, 2, None)) <= 1e-5
+    assert relative_error(result, kernel_checks.reference_attention(q, k, v, 2, None)) <= 1e-5
 
 
 @pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-5), ("float16", 3e-3)])
 def test_fused_kernels_against_numpy(dtype, tolerance):
-    """kernels/fused.cu's GroupNorm and GEGLU against nn.py's NumPy code in float32, every output
-    element written (the output is poisoned with NaN first), at SD 1.5 sizes."""
-    rng = np.random.default_rng(11)
-    x = 3 * rng.standard_normal((2, 640, 32, 32), dtype=np.float32) + 1
-    weight, bias = 1 + 0.1 * rng.standard_normal(640, dtype=np.float32), rng.standard_normal(640, dtype=np.float32)
-    out = cupy.full(x.shape, np.nan, dtype=dtype)
-    cuda.group_norm(cupy.asarray(x, dtype), 32, cupy.asarray(weight), cupy.asarray(bias), 1e-5, out=out)
-    assert np.isfinite(out.get()).all()
-    assert relative_error(out.get(), nn.group_norm(x, 32, weight, bias, 1e-5)) <= tolerance
-    projected = 3 * rng.standard_normal((2, 300, 2 * 1280), dtype=np.float32)
-    out = cupy.full((2, 300, 1280), np.nan, dtype=dtype)
-    cuda.geglu(cupy.asarray(projected, dtype), out=out)
-    assert np.isfinite(out.get()).all()
-    assert relative_error(out.get(), nn.geglu(projected)) <= tolerance
+    """kernels/fused.cu's GroupNorm and GEGLU at SD 1.5 sizes."""
+    kernel_checks.check_fused(cupy, dtype, tolerance, channels=640, pixels=32, tokens=300)

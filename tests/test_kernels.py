@@ -29,7 +29,7 @@ def nvrtc_ptx(source, name, arch):
 
 
 def test_kernels_exist():
-    assert [path.name for path in KERNELS] == ["attention.cu", "fused.cu"]
+    assert [path.name for path in KERNELS] == ["attention.cu", "attention_tc.cu", "fused.cu"]
 
 
 @pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
@@ -52,6 +52,9 @@ def test_attention_entry_points_cover_the_python_dispatch():
     for dtype in cuda.DTYPE_NAMES.values():
         for head_dim in cuda.ATTENTION_HEAD_DIMS:
             assert f"ENTRY(attention_{dtype}_d{head_dim}," in source
+    tensor_cores = cuda.kernel_source("attention_tc")
+    for head_dim in cuda.ATTENTION_HEAD_DIMS:
+        assert f"ENTRY(attention_tc_d{head_dim}," in tensor_cores
 
 
 def test_fused_entry_points_cover_the_python_dispatch():

@@ -1,0 +1,76 @@
+"""Checks of our CUDA kernels, run through minisd.cuda's own launch code on either kind of array:
+CuPy arrays on a GPU (tests/test_gpu.py) or NumPy arrays in the CPU emulator
+(tests/test_kernels_emulated.py). References are computed independently: attention in float64,
+GroupNorm and GEGLU by nn.py's NumPy code in float32. Outputs are poisoned with NaN first, so
+an element the kernel does not write fails the check.
+"""
+
+import numpy as np
+
+from minisd import cuda, nn
+
+
+def relative_error(actual, reference):
+    actual, reference = np.asarray(actual, np.float64), np.asarray(reference, np.float64)
+    return np.linalg.norm(actual - reference) / np.linalg.norm(reference)
+
+
+def reference_attention(q, k, v, heads, mask):
+    """softmax(Q Kᵀ/√d + mask) V in float64 on the CPU."""
+    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+    batch, q_len, width = q.shape
+    d = width // heads
+    split = lambda x: x.reshape(batch, x.shape[1], heads, d).transpose(0, 2, 1, 3)
+    scores = split(q) @ split(k).transpose(0, 1, 3, 2) / np.sqrt(d)
+    if mask is not None:
+        scores = scores + mask
+    scores = np.exp(scores - scores.max(-1, keepdims=True))
+    out = (scores / scores.sum(-1, keepdims=True)) @ split(v)
+    return out.transpose(0, 2, 1, 3).reshape(batch, q_len, width)
+
+
+def random_mask(rng, q_len, k_len):
+    """Additive mask: -inf at random places, but every query keeps at least its first key."""
+    mask = np.where(rng.random((q_len, k_len)) < 0.3, -np.inf, 0).astype(np.float32)
+    mask[:, 0] = 0
+    return mask
+
+
+def to_host(xp, x):
+    return xp.asnumpy(x) if hasattr(xp, "asnumpy") else x
+
+
+def check_attention(xp, dtype, tolerance, head_dim, lengths, masked, tensor_cores=None, heads=2, batch=2):
+    """cuda.attention on fresh random inputs of (batch, tokens, heads·head_dim) against float64."""
+    q_len, k_len = lengths
+    rng = np.random.default_rng(head_dim * 7 + q_len)
+    q = rng.standard_normal((batch, q_len, heads * head_dim)).astype(dtype)
+    k, v = (rng.standard_normal((batch, k_len, heads * head_dim)).astype(dtype) for _ in range(2))
+    mask = random_mask(rng, q_len, k_len) if masked else None
+    out = xp.full(q.shape, np.nan, dtype=dtype)
+    xq, xk, xv = (xp.asarray(x) for x in (q, k, v))
+    assert cuda.attention_supported(xq, xk, heads)
+    cuda.attention(xq, xk, xv, heads, None if mask is None else xp.asarray(mask), out=out, tensor_cores=tensor_cores)
+    result = to_host(xp, out).astype(np.float64)
+    reference = reference_attention(q, k, v, heads, mask)
+    assert np.isfinite(result).all()
+    assert relative_error(result, reference) <= tolerance
+    np.testing.assert_allclose(result, reference, atol=20 * tolerance)
+
+
+def check_fused(xp, dtype, tolerance, channels, pixels, tokens):
+    """kernels/fused.cu's GroupNorm on (2, channels, pixels, pixels) in 32 groups and GEGLU on
+    (2, tokens, 2·channels) against nn.py's NumPy code in float32."""
+    rng = np.random.default_rng(11)
+    x = 3 * rng.standard_normal((2, channels, pixels, pixels), dtype=np.float32) + 1
+    weight = 1 + 0.1 * rng.standard_normal(channels, dtype=np.float32)
+    bias = rng.standard_normal(channels, dtype=np.float32)
+    out = xp.full(x.shape, np.nan, dtype=dtype)
+    cuda.group_norm(xp.asarray(x, dtype), 32, xp.asarray(weight), xp.asarray(bias), 1e-5, out=out)
+    assert np.isfinite(to_host(xp, out)).all()
+    assert relative_error(to_host(xp, out), nn.group_norm(x, 32, weight, bias, 1e-5)) <= tolerance
+    projected = 3 * rng.standard_normal((2, tokens, 2 * channels), dtype=np.float32)
+    out = xp.full((2, tokens, channels), np.nan, dtype=dtype)
+    cuda.geglu(xp.asarray(projected, dtype), out=out)
+    assert np.isfinite(to_host(xp, out)).all()
+    assert relative_error(to_host(xp, out), nn.geglu(projected)) <= tolerance
