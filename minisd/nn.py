@@ -80,9 +80,10 @@ class Module:
 
 
 @contextlib.contextmanager
-def forward_hooks(root, callback):
+def forward_hooks(root, callback, before=None):
     """While the `with` block runs, call `callback(key, module, args, output)` after every call
-    of a module below `root`; `key` is its checkpoint path ("down_blocks.0.resnets.1").
+    of a module below `root`; `key` is its checkpoint path ("down_blocks.0.resnets.1"), and
+    `before(key, module, args)`, if given, as the call begins (the roofline times layers so).
 
     A window into a forward pass for the chapters (chapter 7 lists the shape of every layer and
     draws cross-attention maps with it), in the spirit of PyTorch's forward hooks, that leaves the
@@ -99,8 +100,11 @@ def forward_hooks(root, callback):
 
     def hooked(cls, call):
         def call_and_report(self, *args, **kwargs):
+            reported = type(self) is cls and id(self) in keys  # once per call, even through super().__call__
+            if reported and before:
+                before(keys[id(self)], self, args)
             output = call(self, *args, **kwargs)
-            if type(self) is cls and id(self) in keys:  # once per call, even through super().__call__
+            if reported:
                 callback(keys[id(self)], self, args, output)
             return output
 

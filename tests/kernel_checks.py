@@ -5,6 +5,8 @@ GroupNorm and GEGLU by nn.py's NumPy code in float32. Outputs are poisoned with 
 an element the kernel does not write fails the check.
 """
 
+import functools
+
 import numpy as np
 
 from minisd import cuda, nn
@@ -40,19 +42,26 @@ def to_host(xp, x):
     return xp.asnumpy(x) if hasattr(xp, "asnumpy") else x
 
 
-def check_attention(xp, dtype, tolerance, head_dim, lengths, masked, tensor_cores=None, heads=2, batch=2):
-    """cuda.attention on fresh random inputs of (batch, tokens, heads·head_dim) against float64."""
+@functools.cache
+def attention_case(dtype, head_dim, lengths, masked, heads, batch):
+    """Fresh random (q, k, v, mask) of (batch, tokens, heads·head_dim) and their float64 result,
+    made once per case (the 4096-token reference is slow) and shared by the kernels tested on it."""
     q_len, k_len = lengths
     rng = np.random.default_rng(head_dim * 7 + q_len)
     q = rng.standard_normal((batch, q_len, heads * head_dim)).astype(dtype)
     k, v = (rng.standard_normal((batch, k_len, heads * head_dim)).astype(dtype) for _ in range(2))
     mask = random_mask(rng, q_len, k_len) if masked else None
+    return q, k, v, mask, reference_attention(q, k, v, heads, mask)
+
+
+def check_attention(xp, dtype, tolerance, head_dim, lengths, masked, tensor_cores=None, heads=2, batch=2):
+    """cuda.attention (the kernel `tensor_cores` picks) against float64."""
+    q, k, v, mask, reference = attention_case(dtype, head_dim, lengths, masked, heads, batch)
     out = xp.full(q.shape, np.nan, dtype=dtype)
     xq, xk, xv = (xp.asarray(x) for x in (q, k, v))
     assert cuda.attention_supported(xq, xk, heads)
     cuda.attention(xq, xk, xv, heads, None if mask is None else xp.asarray(mask), out=out, tensor_cores=tensor_cores)
     result = to_host(xp, out).astype(np.float64)
-    reference = reference_attention(q, k, v, heads, mask)
     assert np.isfinite(result).all()
     assert relative_error(result, reference) <= tolerance
     np.testing.assert_allclose(result, reference, atol=20 * tolerance)

@@ -5,7 +5,7 @@ import numpy as np
 
 from minisd.backend import Backend
 from minisd.bench import count_flops
-from minisd.roofline import count_unet_step, table
+from minisd.roofline import WallClock, count_unet_step, measure_unet_step, table
 from minisd.weights import load_component
 
 
@@ -58,3 +58,42 @@ def test_bytes_and_floors(tiny):
     lines = table(layers, 1e12, 1e9).splitlines()
     floors = [float(line.split()[-2]) for line in lines[1 : len(layers) + 1]]
     assert floors == sorted(floors, reverse=True)
+
+
+class CountingClock:
+    """A clock whose every mark is one second after the last: the times measure_unet_step must
+    report follow from counting calls."""
+
+    def __init__(self):
+        self.now = 0
+
+    def mark(self):
+        self.now += 1
+        return self.now
+
+    def seconds(self, start, end):
+        return end - start
+
+    def wait(self, mark):
+        pass
+
+
+def test_measured_own_times(tiny):
+    """With a clock that ticks once per mark, a layer that calls no counted layer takes one tick
+    per call; a GEGLU calls its projection (3 ticks less 1) and an attention module its four
+    linear layers (9 ticks less 4); the step takes two ticks per counted call, plus one."""
+    folder, _ = tiny
+    rng = np.random.default_rng(14)
+    sample = rng.standard_normal((1, 4, 8, 8), dtype=np.float32)
+    context = rng.standard_normal((1, 77, 32), dtype=np.float32)
+    unet = load_component(folder, "unet", Backend())
+    layers = count_unet_step(unet, sample, context)
+    own, step = measure_unet_step(unet, sample, context, CountingClock())
+    assert own.keys() == layers.keys()
+    ticks = {"conv": 1, "linear": 1, "norm": 1, "geglu": 2, "attention": 5}
+    assert own == {label: ticks[work.kind] * work.calls for label, work in layers.items()}
+    assert step == 2 * sum(work.calls for work in layers.values()) + 1
+    real, real_step = measure_unet_step(unet, sample, context, WallClock())
+    assert all(seconds > 0 for seconds in real.values()) and sum(real.values()) < real_step
+    lines = table(layers, 1e12, 1e9, (real, real_step)).splitlines()
+    assert lines[-1].startswith(f"measured: the whole step {real_step * 1e3:.2f} ms")
