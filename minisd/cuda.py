@@ -113,3 +113,31 @@ def geglu(projected, out=None):
     blocks = (out.size + FUSED_THREADS - 1) // FUSED_THREADS
     kernel((blocks,), (FUSED_THREADS,), (projected, out, numpy.int64(out.size), numpy.int32(inner)))
     return out
+
+
+def layer_norm(x, weight, bias, eps):
+    """nn.layer_norm for x (..., D) over its last axis, in one kernel."""
+    xp = array_module(x)
+    x = xp.ascontiguousarray(x)
+    out = xp.empty_like(x)
+    rows, features = x.size // x.shape[-1], x.shape[-1]
+    kernel = _module("fused").get_function(f"layer_norm_{DTYPE_NAMES[x.dtype]}")
+    gamma, beta = (xp.ascontiguousarray(p, dtype=xp.float32) for p in (weight, bias))
+    rows_per_block = FUSED_THREADS // 32  # a warp per row
+    kernel(((rows + rows_per_block - 1) // rows_per_block,), (FUSED_THREADS,),
+           (x, gamma, beta, out, numpy.int64(rows), numpy.int32(features), numpy.float32(eps)))  # fmt: skip
+    return out
+
+
+def silu(x, alpha=1.0, out=None):
+    """x·σ(alpha·x) (nn.silu for alpha 1, nn.quick_gelu for 1.702) in one kernel, into `out`
+    (contiguous, like x; it may be x itself) if given."""
+    xp = array_module(x)
+    if out is not None and not out.flags.c_contiguous:
+        raise ValueError("cuda.silu writes a contiguous `out` only")
+    x = xp.ascontiguousarray(x)
+    out = xp.empty_like(x) if out is None else out
+    kernel = _module("fused").get_function(f"silu_{DTYPE_NAMES[x.dtype]}")
+    blocks = (x.size + FUSED_THREADS - 1) // FUSED_THREADS
+    kernel((blocks,), (FUSED_THREADS,), (x, out, numpy.int64(x.size), numpy.float32(alpha)))
+    return out

@@ -309,7 +309,10 @@ def group_norm(x, num_groups, weight, bias, eps):
 
 def layer_norm(x, weight, bias, eps):
     """Normalise over the last axis (the feature vector of each token), statistics in float32.
-    Tokens are independent: a block of them at a time, on every core (parallel.py)."""
+    Tokens are independent: a block of them at a time, on every core (parallel.py). On the GPU,
+    kernels/fused.cu does it in one kernel."""
+    if on_gpu(x) and cuda.fused_supported(x):
+        return cuda.layer_norm(x, weight, bias, eps)
     xp = array_module(x)
     tokens = x.reshape(-1, x.shape[-1])  # (N, D)
     out = xp.empty_like(tokens)
@@ -437,17 +440,25 @@ def sigmoid(x):
 
 
 # The activations run block by block on every core (parallel.elementwise): each is about ten
-# NumPy operations, and a block keeps their temporaries in the cache.
+# NumPy operations, and a block keeps their temporaries in the cache. On the GPU, SiLU and
+# quick GELU are one kernel each (kernels/fused.cu), GELU inside GEGLU's.
 
 
 def silu(x, out=None):
     """x·σ(x); silu(h, out=h) overwrites h (a norm's output that nothing else reads)."""
+    if on_gpu(x) and cuda.fused_supported(x):
+        return cuda.silu(x, 1.0, out=out)
     return elementwise(lambda x: x * sigmoid(x), x, out=out)
+
+
+QUICK_GELU_ALPHA = 1.702
 
 
 def quick_gelu(x):
     """CLIP's GELU approximation: x·σ(1.702x)."""
-    return elementwise(lambda x: x * sigmoid(1.702 * x), x)
+    if on_gpu(x) and cuda.fused_supported(x):
+        return cuda.silu(x, QUICK_GELU_ALPHA)
+    return elementwise(lambda x: x * sigmoid(QUICK_GELU_ALPHA * x), x)
 
 
 def gelu(x):

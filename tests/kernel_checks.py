@@ -68,18 +68,34 @@ def check_attention(xp, dtype, tolerance, head_dim, lengths, masked, tensor_core
 
 
 def check_fused(xp, dtype, tolerance, channels, pixels, tokens):
-    """kernels/fused.cu's GroupNorm on (2, channels, pixels, pixels) in 32 groups and GEGLU on
-    (2, tokens, 2·channels) against nn.py's NumPy code in float32."""
+    """kernels/fused.cu's GroupNorm on (2, channels, pixels, pixels) in 32 groups, and LayerNorm,
+    GEGLU, SiLU and quick GELU on (2, tokens, 2·channels), against nn.py's NumPy code in float32."""
     rng = np.random.default_rng(11)
     x = 3 * rng.standard_normal((2, channels, pixels, pixels), dtype=np.float32) + 1
     weight = 1 + 0.1 * rng.standard_normal(channels, dtype=np.float32)
     bias = rng.standard_normal(channels, dtype=np.float32)
     out = xp.full(x.shape, np.nan, dtype=dtype)
     cuda.group_norm(xp.asarray(x, dtype), 32, xp.asarray(weight), xp.asarray(bias), 1e-5, out=out)
-    assert np.isfinite(to_host(xp, out)).all()
-    assert relative_error(to_host(xp, out), nn.group_norm(x, 32, weight, bias, 1e-5)) <= tolerance
-    projected = 3 * rng.standard_normal((2, tokens, 2 * channels), dtype=np.float32)
-    out = xp.full((2, tokens, channels), np.nan, dtype=dtype)
-    cuda.geglu(xp.asarray(projected, dtype), out=out)
-    assert np.isfinite(to_host(xp, out)).all()
-    assert relative_error(to_host(xp, out), nn.geglu(projected)) <= tolerance
+    check_close(xp, out, nn.group_norm(x, 32, weight, bias, 1e-5), tolerance)
+    tokens = 3 * rng.standard_normal((2, tokens, 2 * channels), dtype=np.float32) + 1
+    weight = 1 + 0.1 * rng.standard_normal(2 * channels, dtype=np.float32)
+    bias = rng.standard_normal(2 * channels, dtype=np.float32)
+    result = cuda.layer_norm(xp.asarray(tokens, dtype), xp.asarray(weight), xp.asarray(bias), 1e-5)
+    check_close(xp, result, nn.layer_norm(tokens, weight, bias, 1e-5), tolerance)
+    out = xp.full((*tokens.shape[:-1], channels), np.nan, dtype=dtype)
+    cuda.geglu(xp.asarray(tokens, dtype), out=out)
+    check_close(xp, out, nn.geglu(tokens), tolerance)
+    for alpha, reference in [(1.0, nn.silu(tokens)), (nn.QUICK_GELU_ALPHA, nn.quick_gelu(tokens))]:
+        out = xp.full(tokens.shape, np.nan, dtype=dtype)
+        cuda.silu(xp.asarray(tokens, dtype), alpha, out=out)
+        check_close(xp, out, reference, tolerance)
+        in_place = xp.array(tokens, dtype)  # a copy, also on NumPy
+        assert cuda.silu(in_place, alpha, out=in_place) is in_place
+        check_close(xp, in_place, reference, tolerance)
+
+
+def check_close(xp, result, reference, tolerance):
+    """Every element written and finite, within `tolerance` relative L2 of the reference."""
+    result = to_host(xp, result)
+    assert np.isfinite(result).all()
+    assert relative_error(result, reference) <= tolerance

@@ -152,7 +152,6 @@ def test_float16_attention_picks_tensor_cores():
     asking for it by name, bit for bit."""
     rng = np.random.default_rng(5)
     q, k, v = (cupy.asarray(rng.standard_normal((2, 100, 2 * 40)), dtype=cupy.float16) for _ in range(3))
-    assert cuda.has_tensor_cores() == (int(cupy.cuda.Device().compute_capability) >= 80)
     chosen = nn.attention(q, k, v, heads=2)
     named = cuda.attention(q, k, v, 2, tensor_cores=cuda.has_tensor_cores())
     assert bool((chosen == named).all())

@@ -58,9 +58,10 @@ def test_attention_entry_points_cover_the_python_dispatch():
 
 
 def test_fused_entry_points_cover_the_python_dispatch():
-    """group_norm and geglu exist for every dtype minisd/cuda.py sends to kernels/fused.cu."""
+    """Every kernel minisd/cuda.py launches from kernels/fused.cu exists for every dtype it sends."""
     from minisd import cuda
 
     source = cuda.kernel_source("fused")
     for dtype in cuda.DTYPE_NAMES.values():
-        assert f"GROUP_NORM(group_norm_{dtype}," in source and f"GEGLU(geglu_{dtype}," in source
+        for kernel in ("group_norm", "layer_norm", "geglu", "silu"):
+            assert f"{kernel.upper()}({kernel}_{dtype}," in source
