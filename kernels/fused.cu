@@ -10,7 +10,7 @@
 // Tiling: grid = B·G blocks of THREADS threads, one block per group (its values are contiguous).
 // The block reads its group three times (sum, squared deviations, output); a group of SD's UNet
 // holds at most 10 channels × 4096 pixels (80 KB in float16), so the second and third reads
-// come mostly from L2. γ, β: float32 (C,).
+// come mostly from L2. γ, β: (C,), stored like x (a norm's parameters are in the activations' dtype).
 //
 // layer_norm: x (N, D), each row (a token's feature vector) normalised as a group above, with
 // γ_d, β_d per feature. One warp per row, THREADS / 32 rows per block; a row (at most 1280
@@ -40,9 +40,8 @@ __device__ float block_sum(float x) {
 }
 
 template <typename T>
-__device__ void group_norm(const T* __restrict__ x, const float* __restrict__ gamma,
-                           const float* __restrict__ beta, T* __restrict__ out, int channels, int groups,
-                           int pixels, float eps) {
+__device__ void group_norm(const T* __restrict__ x, const T* __restrict__ gamma, const T* __restrict__ beta,
+                           T* __restrict__ out, int channels, int groups, int pixels, float eps) {
     const int per_group = channels / groups;
     const long n = (long)per_group * pixels;
     const int first_channel = (blockIdx.x % groups) * per_group;
@@ -60,12 +59,12 @@ __device__ void group_norm(const T* __restrict__ x, const float* __restrict__ ga
     const float inv_std = rsqrtf(block_sum(squares) / n + eps);
     for (long i = threadIdx.x; i < n; i += THREADS) {
         const int c = first_channel + (int)(i / pixels);
-        store(y + i, (to_float(in[i]) - mean) * inv_std * gamma[c] + beta[c]);
+        store(y + i, (to_float(in[i]) - mean) * inv_std * to_float(gamma[c]) + to_float(beta[c]));
     }
 }
 
 template <typename T>
-__device__ void layer_norm(const T* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
+__device__ void layer_norm(const T* __restrict__ x, const T* __restrict__ gamma, const T* __restrict__ beta,
                            T* __restrict__ out, long rows, int features, float eps) {
     const long row = (long)blockIdx.x * (THREADS / 32) + threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
@@ -82,7 +81,8 @@ __device__ void layer_norm(const T* __restrict__ x, const float* __restrict__ ga
         squares += d * d;
     }
     const float inv_std = rsqrtf(warp_sum(squares) / features + eps);
-    for (int i = lane; i < features; i += 32) store(y + i, (to_float(in[i]) - mean) * inv_std * gamma[i] + beta[i]);
+    for (int i = lane; i < features; i += 32)
+        store(y + i, (to_float(in[i]) - mean) * inv_std * to_float(gamma[i]) + to_float(beta[i]));
 }
 
 template <typename T>
@@ -106,13 +106,13 @@ __device__ void geglu(const T* __restrict__ projected, T* __restrict__ out, long
 // One entry point per kernel and dtype: <kernel>_<f32|f16>.
 #define GROUP_NORM(NAME, T)                                                                            \
     extern "C" __global__ void __launch_bounds__(THREADS)                                              \
-    NAME(const T* x, const float* gamma, const float* beta, T* out, int channels, int groups, int pixels, \
+    NAME(const T* x, const T* gamma, const T* beta, T* out, int channels, int groups, int pixels,        \
          float eps) {                                                                                  \
         group_norm<T>(x, gamma, beta, out, channels, groups, pixels, eps);                             \
     }
 #define LAYER_NORM(NAME, T)                                                                            \
     extern "C" __global__ void __launch_bounds__(THREADS)                                              \
-    NAME(const T* x, const float* gamma, const float* beta, T* out, long rows, int features, float eps) { \
+    NAME(const T* x, const T* gamma, const T* beta, T* out, long rows, int features, float eps) {         \
         layer_norm<T>(x, gamma, beta, out, rows, features, eps);                                       \
     }
 #define SILU(NAME, T)                                                                                  \

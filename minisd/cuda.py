@@ -95,7 +95,7 @@ def group_norm(x, num_groups, weight, bias, eps, out=None):
     x = xp.ascontiguousarray(x)
     out = xp.empty_like(x) if out is None else out
     kernel = _module("fused").get_function(f"group_norm_{DTYPE_NAMES[x.dtype]}")
-    gamma, beta = (xp.ascontiguousarray(p, dtype=xp.float32) for p in (weight, bias))
+    gamma, beta = (xp.ascontiguousarray(p, dtype=x.dtype) for p in (weight, bias))  # stored so: no copy
     kernel((batch * num_groups,), (FUSED_THREADS,),
            (x, gamma, beta, out, numpy.int32(channels), numpy.int32(num_groups), numpy.int32(x[0, 0].size),
             numpy.float32(eps)))  # fmt: skip
@@ -122,7 +122,7 @@ def layer_norm(x, weight, bias, eps):
     out = xp.empty_like(x)
     rows, features = x.size // x.shape[-1], x.shape[-1]
     kernel = _module("fused").get_function(f"layer_norm_{DTYPE_NAMES[x.dtype]}")
-    gamma, beta = (xp.ascontiguousarray(p, dtype=xp.float32) for p in (weight, bias))
+    gamma, beta = (xp.ascontiguousarray(p, dtype=x.dtype) for p in (weight, bias))  # stored so: no copy
     rows_per_block = FUSED_THREADS // 32  # a warp per row
     kernel(((rows + rows_per_block - 1) // rows_per_block,), (FUSED_THREADS,),
            (x, gamma, beta, out, numpy.int64(rows), numpy.int32(features), numpy.float32(eps)))  # fmt: skip
