@@ -19,7 +19,7 @@ ATTENTION_HEAD_DIMS = (40, 64, 80, 160)
 ATTENTION_THREADS = 128  # both attention kernels run blocks of 4 warps
 ATTENTION_QUERIES = 4  # queries per block in kernels/attention.cu (one per warp)
 TC_QUERIES = 64  # queries per block in kernels/attention_tc.cu (16 per warp: TC_WARPS · ROWS)
-FUSED_THREADS = 256  # threads per block, as THREADS in kernels/fused.cu
+FUSED_THREADS = 256  # threads per block, as THREADS in kernels/fused.cu and kernels/im2col.cu
 DTYPE_NAMES = {numpy.dtype("float32"): "f32", numpy.dtype("float16"): "f16"}
 
 
@@ -141,3 +141,17 @@ def silu(x, alpha=1.0, out=None):
     blocks = (x.size + FUSED_THREADS - 1) // FUSED_THREADS
     kernel((blocks,), (FUSED_THREADS,), (x, out, numpy.int64(x.size), numpy.float32(alpha)))
     return out
+
+
+def im2col(x, kh, kw, stride, padding, out_h, out_w):
+    """nn.im2col of x (B, C, H, W) zero-padded by `padding`, every image at once, in one kernel:
+    (C·kh·kw, B·out_h·out_w)."""
+    xp = array_module(x)
+    x = xp.ascontiguousarray(x)
+    batch, channels, height, width = x.shape
+    columns = xp.empty((channels * kh * kw, batch * out_h * out_w), x.dtype)
+    kernel = _module("im2col").get_function(f"im2col_{DTYPE_NAMES[x.dtype]}")
+    blocks = (columns.size + FUSED_THREADS - 1) // FUSED_THREADS
+    sizes = (batch, channels, height, width, kh, kw, stride, padding, out_h, out_w)
+    kernel((blocks,), (FUSED_THREADS,), (x, columns, *(numpy.int32(n) for n in sizes)))
+    return columns

@@ -235,8 +235,7 @@ def conv2d(x, weight, bias, stride=1, padding=0):
         y += bias[:, None]
         return y.reshape(batch, out_channels, out_h, out_w)
     if on_gpu(x) or batch * kernel.shape[1] * out_h * out_w <= CONV_COLUMN_ELEMENTS:  # every image at once
-        x = xp.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-        columns = im2col(x.transpose(1, 0, 2, 3), kh, kw, stride, out_h, out_w)  # (C·kh·kw, B·H'W')
+        columns = all_columns(x, kh, kw, stride, padding, out_h, out_w)  # (C·kh·kw, B·H'W')
         y = (kernel @ columns).reshape(out_channels, batch, out_h, out_w)
         y += bias[:, None, None, None]
         return xp.ascontiguousarray(y.transpose(1, 0, 2, 3))  # (B, C_out, H', W')
@@ -250,6 +249,15 @@ def conv2d(x, weight, bias, stride=1, padding=0):
             xp.matmul(kernel, im2col(window, kh, kw, stride, rows, out_w), out=out)
     y += bias[:, None, None]
     return y
+
+
+def all_columns(x, kh, kw, stride, padding, out_h, out_w):
+    """im2col of every image of x (B, C, H, W), zero-padded: (C·kh·kw, B·out_h·out_w). On the
+    GPU, kernels/im2col.cu gathers them in one pass."""
+    if on_gpu(x) and cuda.fused_supported(x):
+        return cuda.im2col(x, kh, kw, stride, padding, out_h, out_w)
+    x = array_module(x).pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    return im2col(x.transpose(1, 0, 2, 3), kh, kw, stride, out_h, out_w)
 
 
 def padded_rows(x, start, stop, padding):

@@ -27,7 +27,7 @@ SCALARS = {
 
 def entry_points(source):
     """The kernels a .cu file defines: the names in its ENTRY(name, ...)-style macro lines."""
-    return re.findall(r"^[A-Z_]+\((\w+),", source, re.MULTILINE)
+    return re.findall(r"^[A-Z][A-Z0-9_]*\((\w+),", source, re.MULTILINE)
 
 
 class EmulatedModule:

@@ -99,3 +99,13 @@ def check_close(xp, result, reference, tolerance):
     result = to_host(xp, result)
     assert np.isfinite(result).all()
     assert relative_error(result, reference) <= tolerance
+
+
+def check_im2col(xp, dtype, shape, kernel_size, stride, padding):
+    """kernels/im2col.cu against nn.py's NumPy im2col of the zero-padded input (exact: a copy)."""
+    x = np.random.default_rng(12).standard_normal(shape).astype(dtype)
+    out_h, out_w = ((n + 2 * padding - kernel_size) // stride + 1 for n in shape[2:])
+    padded = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    reference = nn.im2col(padded.transpose(1, 0, 2, 3), kernel_size, kernel_size, stride, out_h, out_w)
+    result = to_host(xp, cuda.im2col(xp.asarray(x), kernel_size, kernel_size, stride, padding, out_h, out_w))
+    np.testing.assert_array_equal(result, reference)

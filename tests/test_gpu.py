@@ -170,3 +170,10 @@ def test_uncovered_head_dim_uses_plain_cupy():
 def test_fused_kernels_against_numpy(dtype, tolerance):
     """kernels/fused.cu's GroupNorm and GEGLU at SD 1.5 sizes."""
     kernel_checks.check_fused(cupy, dtype, tolerance, channels=640, pixels=32, tokens=300)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_im2col_kernel_against_numpy(dtype):
+    """kernels/im2col.cu at SD sizes: a 3×3 convolution's columns, stride 1 and 2 (downsampling)."""
+    kernel_checks.check_im2col(cupy, dtype, (2, 320, 64, 64), 3, 1, 1)
+    kernel_checks.check_im2col(cupy, dtype, (2, 640, 32, 32), 3, 2, 1)

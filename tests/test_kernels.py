@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+from cuda_emulator import entry_points
 
 KERNELS = sorted((Path(__file__).parent.parent / "kernels").glob("*.cu"))
 REASON = "compiling kernels needs CuPy and NVRTC: pip install -e '.[test]' (cupy-cuda12x, nvidia-cuda-nvrtc-cu12)"
@@ -29,7 +30,7 @@ def nvrtc_ptx(source, name, arch):
 
 
 def test_kernels_exist():
-    assert [path.name for path in KERNELS] == ["attention.cu", "attention_tc.cu", "fused.cu"]
+    assert [path.name for path in KERNELS] == ["attention.cu", "attention_tc.cu", "fused.cu", "im2col.cu"]
 
 
 @pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
@@ -39,7 +40,7 @@ def test_compiles_to_ptx(path, arch):
 
     ptx = nvrtc_ptx(cuda.kernel_source(path.stem), path.name, arch)  # as minisd compiles it: after common.cuh
     assert f".target sm_{arch[-2:]}" in ptx
-    declared = set(re.findall(r"^[A-Z_]+\((\w+),", path.read_text(), re.MULTILINE))  # ENTRY(name, ...) lines
+    declared = set(entry_points(path.read_text()))
     entries = set(re.findall(r"\.entry (\w+)\(", ptx))
     assert declared and declared <= entries
 

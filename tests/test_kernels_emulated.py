@@ -21,7 +21,7 @@ if shutil.which("g++") is None:
 @pytest.fixture(scope="module")
 def emulated(tmp_path_factory):
     folder = tmp_path_factory.mktemp("emulated-kernels")
-    return {name: EmulatedModule(name, folder) for name in ("attention", "attention_tc", "fused")}
+    return {name: EmulatedModule(name, folder) for name in ("attention", "attention_tc", "fused", "im2col")}
 
 
 @pytest.fixture
@@ -49,3 +49,10 @@ def test_tensor_cores_take_float16_only(on_cpu):
 @pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-5), ("float16", 3e-3)])
 def test_fused_kernels(on_cpu, dtype, tolerance):
     kernel_checks.check_fused(np, dtype, tolerance, channels=64, pixels=8, tokens=20)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("shape, kernel_size, stride, padding",
+                         [((2, 3, 9, 7), 3, 1, 1), ((2, 5, 9, 8), 3, 2, 1), ((1, 4, 6, 6), 3, 2, 0), ((2, 2, 5, 5), 2, 1, 0)])  # fmt: skip
+def test_im2col(on_cpu, dtype, shape, kernel_size, stride, padding):
+    kernel_checks.check_im2col(np, dtype, shape, kernel_size, stride, padding)
