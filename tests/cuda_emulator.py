@@ -46,12 +46,14 @@ class EmulatedModule:
         if built.returncode != 0:
             raise RuntimeError(f"kernels/{name}.cu does not build for the CPU emulator:\n{built.stderr}")
         self.library = ctypes.CDLL(str(library))
+        self.launched = set()  # the entry points called so far
 
     def get_function(self, entry):
         function = getattr(self.library, f"emulate_{entry}")
         function.argtypes = [ctypes.c_uint] * 6 + [ctypes.POINTER(ctypes.c_void_p)]
 
         def kernel(grid, block, args):
+            self.launched.add(entry)
             values = argument_values(args)
             pointers = (ctypes.c_void_p * len(values))(*(ctypes.addressof(value) for value in values))
             function(*padded(grid), *padded(block), pointers)  # values stay alive until it returns
