@@ -45,7 +45,7 @@ def has_tensor_cores():
 
 
 def attention_supported(q, k, heads):
-    """Whether kernels/attention.cu covers these inputs (else nn.attention runs plain CuPy)."""
+    """Whether the attention kernels cover these inputs (else nn.attention runs plain CuPy)."""
     head_dim = q.shape[-1] // heads
     return head_dim in ATTENTION_HEAD_DIMS and q.dtype in DTYPE_NAMES and k.dtype == q.dtype
 
@@ -84,7 +84,7 @@ def attention(q, k, v, heads, mask=None, out=None, tensor_cores=None):
 
 
 def fused_supported(x):
-    """Whether kernels/fused.cu covers x (a CuPy array of float32 or float16)."""
+    """Whether kernels/fused.cu and kernels/im2col.cu cover x: float32 or float16, any shape."""
     return x.dtype in DTYPE_NAMES
 
 
