@@ -69,7 +69,7 @@ __device__ void attention_tc(const half_bits* __restrict__ q, const half_bits* _
 
     // Q as mma input fragments, DK/16 of them along the head dim; zero outside Q.
     unsigned q_frag[DK / 16][4];
-    #pragma unroll
+#pragma unroll
     for (int step = 0; step < DK / 16; ++step)
         for (int r = 0; r < 4; ++r) {
             const int row = rows[r % 2], column = 16 * step + 2 * pair + 8 * (r / 2);
@@ -99,7 +99,7 @@ __device__ void attention_tc(const half_bits* __restrict__ q, const half_bits* _
 
         // 1. S = Q Kᵀ, 8 tiles of 16 queries × 8 keys
         float s[KEYS / 8][4];
-        #pragma unroll
+#pragma unroll
         for (int tile = 0; tile < KEYS / 8; ++tile) {
             for (int i = 0; i < 4; ++i) s[tile][i] = 0.0f;
             for (int step = 0; step < DK / 16; ++step) {
@@ -110,7 +110,7 @@ __device__ void attention_tc(const half_bits* __restrict__ q, const half_bits* _
         }
         // 2. scale, mask, the tile's row maxima, then rescale what was accumulated
         float tile_max[2] = {NEG_INF, NEG_INF};
-        #pragma unroll
+#pragma unroll
         for (int tile = 0; tile < KEYS / 8; ++tile)
             for (int i = 0; i < 4; ++i) {
                 const int key = start + 8 * tile + 2 * pair + i % 2, row = rows[i / 2];
@@ -120,7 +120,7 @@ __device__ void attention_tc(const half_bits* __restrict__ q, const half_bits* _
                 tile_max[i / 2] = fmaxf(tile_max[i / 2], s[tile][i]);
             }
         float shift[2];  // the max each row's exponent is taken from
-        #pragma unroll
+#pragma unroll
         for (int r = 0; r < 2; ++r) {
             const float m_new = fmaxf(m[r], quad_max(tile_max[r]));
             shift[r] = m_new == NEG_INF ? 0.0f : m_new;  // a row with every key masked so far
@@ -133,7 +133,7 @@ __device__ void attention_tc(const half_bits* __restrict__ q, const half_bits* _
             m[r] = m_new;
         }
         // 3. O += P V, 16 keys at a time: S's tiles 2·step and 2·step + 1 make one P fragment
-        #pragma unroll
+#pragma unroll
         for (int step = 0; step < KEYS / 16; ++step) {
             float p[2][4];
             for (int side = 0; side < 2; ++side)
@@ -150,6 +150,7 @@ __device__ void attention_tc(const half_bits* __restrict__ q, const half_bits* _
             }
         }
     }
+#pragma unroll
     for (int r = 0; r < 2; ++r) {
         const float total = quad_sum(l[r]);
         const float inv_l = total > 0.0f ? 1.0f / total : 0.0f;
@@ -161,9 +162,10 @@ __device__ void attention_tc(const half_bits* __restrict__ q, const half_bits* _
     }
 }
 
-// One entry point per head dim: attention_tc_d<D>.
+// One entry point per head dim: attention_tc_d<D>. The launch bounds' second number (at least 2
+// blocks per SM) changes nothing a launch can do; it makes ptxas keep d64's registers unspilled.
 #define ENTRY(NAME, D)                                                                               \
-    extern "C" __global__ void __launch_bounds__(TC_WARPS * 32)                                      \
+    extern "C" __global__ void __launch_bounds__(TC_WARPS * 32, 2)                                      \
     NAME(const half_bits* q, const half_bits* k, const half_bits* v, const float* mask, int has_mask, \
          half_bits* out, int heads, int q_len, int k_len, float scale) {                             \
         attention_tc<D>(q, k, v, mask, has_mask, out, heads, q_len, k_len, scale);                   \

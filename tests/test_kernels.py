@@ -14,7 +14,9 @@ KERNELS = sorted((Path(__file__).parent.parent / "kernels").glob("*.cu"))
 REASON = "compiling kernels needs CuPy and NVRTC: pip install -e '.[test]' (cupy-cuda12x, nvidia-cuda-nvrtc-cu12)"
 
 
-def nvrtc_ptx(source, name, arch):
+def nvrtc_compile(source, name, arch, *options):
+    """The NVRTC program of `source` compiled for `arch` (compute_XX: to PTX; sm_XX: on through
+    ptxas to the GPU's own code), or a failed test with the compiler's log."""
     pytest.importorskip("cupy", reason=REASON)
     from cupy.cuda import nvrtc
 
@@ -23,10 +25,16 @@ def nvrtc_ptx(source, name, arch):
     except Exception as error:  # libnvrtc missing
         pytest.skip(f"{REASON} ({error})")
     try:
-        nvrtc.compileProgram(program, [f"--gpu-architecture={arch}", "-std=c++17"])
+        nvrtc.compileProgram(program, [f"--gpu-architecture={arch}", "-std=c++17", *options])
     except nvrtc.NVRTCError:
         pytest.fail(f"{name} does not compile for {arch}:\n{nvrtc.getProgramLog(program)}")
-    return nvrtc.getPTX(program).decode()
+    return program
+
+
+def nvrtc_ptx(source, name, arch):
+    from cupy.cuda import nvrtc
+
+    return nvrtc.getPTX(nvrtc_compile(source, name, arch)).decode()
 
 
 def test_kernels_exist():
@@ -43,6 +51,24 @@ def test_compiles_to_ptx(path, arch):
     declared = set(entry_points(path.read_text()))
     entries = set(re.findall(r"\.entry (\w+)\(", ptx))
     assert declared and declared <= entries
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("path", KERNELS, ids=[path.name for path in KERNELS])
+def test_assembles_without_spills(path, arch):
+    """NVRTC also runs ptxas, down to the GPU's own code: every kernel assembles (shared memory
+    within the 48 KB a block may declare, registers within the launch bounds) and keeps all its
+    values in registers, none spilled to memory."""
+    from minisd import cuda
+
+    program = nvrtc_compile(cuda.kernel_source(path.stem), path.name, arch, "--ptxas-options=-v")
+    from cupy.cuda import nvrtc  # there: nvrtc_compile has skipped the test otherwise
+
+    log = nvrtc.getProgramLog(program)
+    compiled = re.findall(r"Compiling entry function '(\w+)'", log)
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    assert set(entry_points(path.read_text())) <= set(compiled) and len(spills) == len(compiled)
+    assert all(stores == loads == "0" for stores, loads in spills), log
 
 
 def test_attention_entry_points_cover_the_python_dispatch():
