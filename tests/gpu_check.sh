@@ -12,6 +12,6 @@ export PYTHONUNBUFFERED=1
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   python3 -c "import cupy, torch, numpy, diffusers; print('cupy', cupy.__version__, 'torch', torch.__version__, 'numpy', numpy.__version__, 'diffusers', diffusers.__version__)"
 } 2>&1 | tee "$OUT/env.log"
-timeout 300 python3 -m pytest -q -rs --durations=8 -p no:cacheprovider tests/test_kernels.py tests/test_gpu.py tests/test_fixture_model.py 2>&1 | tee "$OUT/tests.log"
+timeout 320 python3 -m pytest -q -rs --durations=8 -p no:cacheprovider tests/test_kernels.py tests/test_gpu.py tests/test_fixture_model.py 2>&1 | tee "$OUT/tests.log"
 timeout 60 python3 -m minisd.roofline --measure --backend cupy --dtype float16 2>&1 | tee "$OUT/roofline-measured.log"
-timeout 200 python3 -m minisd.bench --backend cupy --dtype float16 --repeat 3 2>&1 | grep -v -i "warn\|kept in float32" | tee "$OUT/bench-float16.log"
+timeout 190 python3 -m minisd.bench --backend cupy --dtype float16 --repeat 3 2>&1 | grep -v -i "warn\|kept in float32" | tee "$OUT/bench-float16.log"
