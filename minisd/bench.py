@@ -304,6 +304,9 @@ def run_benchmarks(args, backend):
     threads = f", {reference.torch.get_num_threads()} torch threads" if reference and backend.name == "numpy" else ""
     print(f"minisd {backend} vs {reference.name if reference else '-'}{threads}; "
           f"median of {args.repeat}; {backend.dtype} matrix-product peak {peak:.0f} GFLOP/s")  # fmt: skip
+    if backend.name == "cupy":  # first: quick, and a cut-short GPU run still has it
+        for head_dim in (40, 64):
+            print("  " + bench_attention(backend, head_dim), flush=True)
     for case in make_cases(args.cases.split(","), backend, reference):
         with count_flops() as flops:
             case.ours()
@@ -318,9 +321,6 @@ def run_benchmarks(args, backend):
             line += f" | device memory minisd {memory[0] / 2**30:.2f} GiB"
             line += f", torch {memory[1] / 2**30:.2f} GiB" if memory[1] else ""
         print(line, flush=True)
-    if backend.name == "cupy":
-        for head_dim in (40, 64):
-            print("  " + bench_attention(backend, head_dim))
     print(f"  host peak RSS of this process (all models, both libraries) {peak_rss() / 1e9:.2f} GB")
 
 
