@@ -40,8 +40,7 @@ dim3 blockDim, gridDim;
 
 struct Warp {
     std::barrier<> barrier{32};
-    unsigned words[32][10];  // what each lane hands to the others (a shuffle or mma fragments)
-    float floats[32][4];
+    unsigned words[32][6];  // what each lane hands to the others: a shuffled value, or mma's a[4] and b[2]
 };
 std::unique_ptr<std::barrier<>> block_barrier;
 std::vector<std::unique_ptr<Warp>> warps;
