@@ -36,6 +36,11 @@ def _module(name):
     return cupy.RawModule(code=kernel_source(name), options=("-std=c++17",))
 
 
+def blocks_for(count, per_block):
+    """How many thread blocks cover `count` items, `per_block` to a block (the last one partly)."""
+    return (count + per_block - 1) // per_block
+
+
 @functools.cache
 def has_tensor_cores():
     """Whether this GPU runs kernels/attention_tc.cu's fp16 mma.m16n8k16: Ampere (8.0) or later."""
@@ -76,7 +81,7 @@ def attention(q, k, v, heads, mask=None, out=None, tensor_cores=None):
     else:
         module, name, queries_per_block = "attention", f"{DTYPE_NAMES[q.dtype]}_d{head_dim}", ATTENTION_QUERIES
     kernel = _module(module).get_function(f"attention_{name}")
-    grid = ((q_len + queries_per_block - 1) // queries_per_block, batch * heads)
+    grid = (blocks_for(q_len, queries_per_block), batch * heads)
     kernel(grid, (ATTENTION_THREADS,),
            (q, k, v, mask, numpy.int32(has_mask), out, numpy.int32(heads), numpy.int32(q_len),
             numpy.int32(k.shape[1]), numpy.float32(1 / math.sqrt(head_dim))))  # fmt: skip
@@ -110,7 +115,7 @@ def geglu(projected, out=None):
     inner = projected.shape[-1] // 2
     out = xp.empty((*projected.shape[:-1], inner), projected.dtype) if out is None else out
     kernel = _module("fused").get_function(f"geglu_{DTYPE_NAMES[projected.dtype]}")
-    blocks = (out.size + FUSED_THREADS - 1) // FUSED_THREADS
+    blocks = blocks_for(out.size, FUSED_THREADS)
     kernel((blocks,), (FUSED_THREADS,), (projected, out, numpy.int64(out.size), numpy.int32(inner)))
     return out
 
@@ -124,7 +129,7 @@ def layer_norm(x, weight, bias, eps):
     kernel = _module("fused").get_function(f"layer_norm_{DTYPE_NAMES[x.dtype]}")
     gamma, beta = (xp.ascontiguousarray(p, dtype=x.dtype) for p in (weight, bias))  # stored so: no copy
     rows_per_block = FUSED_THREADS // 32  # a warp per row
-    kernel(((rows + rows_per_block - 1) // rows_per_block,), (FUSED_THREADS,),
+    kernel((blocks_for(rows, rows_per_block),), (FUSED_THREADS,),
            (x, gamma, beta, out, numpy.int64(rows), numpy.int32(features), numpy.float32(eps)))  # fmt: skip
     return out
 
@@ -138,7 +143,7 @@ def silu(x, alpha=1.0, out=None):
     x = xp.ascontiguousarray(x)
     out = xp.empty_like(x) if out is None else out
     kernel = _module("fused").get_function(f"silu_{DTYPE_NAMES[x.dtype]}")
-    blocks = (x.size + FUSED_THREADS - 1) // FUSED_THREADS
+    blocks = blocks_for(x.size, FUSED_THREADS)
     kernel((blocks,), (FUSED_THREADS,), (x, out, numpy.int64(x.size), numpy.float32(alpha)))
     return out
 
@@ -151,7 +156,7 @@ def im2col(x, kh, kw, stride, padding, out_h, out_w):
     batch, channels, height, width = x.shape
     columns = xp.empty((channels * kh * kw, batch * out_h * out_w), x.dtype)
     kernel = _module("im2col").get_function(f"im2col_{DTYPE_NAMES[x.dtype]}")
-    blocks = (columns.size + FUSED_THREADS - 1) // FUSED_THREADS
     sizes = (batch, channels, height, width, kh, kw, stride, padding, out_h, out_w)
+    blocks = blocks_for(columns.size, FUSED_THREADS)
     kernel((blocks,), (FUSED_THREADS,), (x, columns, *(numpy.int32(n) for n in sizes)))
     return columns
