@@ -76,10 +76,9 @@ SMALL_VAE = VAEConfig(block_out_channels=(32, 64), down_block_types=("DownEncode
                       up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=16)  # fmt: skip
 
 
-def take_gpu_code_path(emulated, patch):
-    """NumPy arrays down the GPU code path: on_gpu says yes, the kernels are emulated, and the
-    GPU has tensor cores (float16 attention takes kernels/attention_tc.cu)."""
-    patch.setattr(cuda, "_module", emulated.__getitem__)
+def take_gpu_code_path(patch):
+    """NumPy arrays down the GPU code path (with on_cpu, to the emulated kernels): on_gpu says
+    yes, and the GPU has tensor cores (float16 attention takes kernels/attention_tc.cu)."""
     patch.setattr(cuda, "has_tensor_cores", lambda: True)
     for module in (nn, parallel):
         patch.setattr(module, "on_gpu", lambda x: True)
@@ -100,7 +99,7 @@ MODELS = {  # name: (model, its inputs, the call, the kernels it must launch, it
 
 @pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-5), ("float16", 3e-3)])
 @pytest.mark.parametrize("name", MODELS)
-def test_models_down_the_gpu_code_path(emulated, monkeypatch, name, dtype, tolerance):
+def test_models_down_the_gpu_code_path(on_cpu, emulated, monkeypatch, name, dtype, tolerance):
     """Each model with every kernel dispatch taken (emulated) against the plain NumPy float32
     path, as tests/test_gpu.py compares CuPy with NumPy: within 1e-5 in float32, 3e-3 in float16;
     and the kernels it must use were launched."""
@@ -113,7 +112,7 @@ def test_models_down_the_gpu_code_path(emulated, monkeypatch, name, dtype, toler
     for kernel_module in emulated.values():
         kernel_module.launched.clear()
     with monkeypatch.context() as patch:
-        take_gpu_code_path(emulated, patch)
+        take_gpu_code_path(patch)
         result = call(place(module, weights, backend), *inputs)
     assert result.dtype == dtype and np.isfinite(result).all()
     assert kernel_checks.relative_error(result, reference) <= tolerance
