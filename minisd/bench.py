@@ -9,9 +9,9 @@ call (so a drift of the machine hits both alike): on the CPU in float32 with the
 count, on the GPU in float16 with PyTorch's scaled-dot-product attention. Each line prints the
 median time, minisd / torch, and the achieved GFLOP/s (FLOPs counted as direct convolution
 and plain attention, so Winograd's savings show as a higher rate), against the measured
-matrix-product peak in the dtype it runs (float32 on the CPU; on the GPU float16, the tensor cores'). --memory runs, each in a fresh process, a whole 20-step
-512x512 generation and a tiled 1024x1024 VAE decode, and prints their peak RSS (first, while
-this process is still small).
+matrix-product peak in the dtype it runs (float32 on the CPU; on the GPU float16, the tensor
+cores'). --memory runs, each in a fresh process, a whole 20-step 512x512 generation and a
+tiled 1024x1024 VAE decode, and prints their peak RSS (first, while this process is still small).
 
 Cases: unet32 / unet64 = one UNet step with guidance (batch 2, 32x32 or 64x64 latents),
 text = the text encoder on a prompt and a negative prompt (2 x 77 tokens), vae256 / vae512 =
