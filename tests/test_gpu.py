@@ -168,7 +168,7 @@ def test_uncovered_head_dim_uses_plain_cupy():
 
 @pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-5), ("float16", 3e-3)])
 def test_fused_kernels_against_numpy(dtype, tolerance):
-    """kernels/fused.cu's GroupNorm and GEGLU at SD 1.5 sizes."""
+    """kernels/fused.cu's GroupNorm, LayerNorm, GEGLU, SiLU and quick GELU at SD 1.5 sizes."""
     kernel_checks.check_fused(cupy, dtype, tolerance, channels=640, pixels=32, tokens=300)
 
 
