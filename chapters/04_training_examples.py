@@ -21,8 +21,8 @@ import common
 import matplotlib.pyplot as plt
 import numpy as np
 
-from minisd.samplers import make_scheduler
-from minisd.schedulers import predict_x0_and_noise
+from minisd.schedulers import make_scheduler
+from minisd.schedulers.schedule import predict_x0_and_noise
 
 args = common.options("Chapter 4: noise levels, training examples, and the noise predictor's error")
 pipe = common.load_model(args)

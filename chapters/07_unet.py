@@ -16,7 +16,7 @@
 # pixels (self-attention) and at the prompt's token vectors (**cross-attention**). The ResNet blocks
 # never see the text; the attention layers bring it in.
 #
-# To watch the layers we use `minisd.nn.forward_hooks`: while it is active, a function of ours is
+# To watch the layers we use `minisd.module.forward_hooks`: while it is active, a function of ours is
 # called after every layer of the UNet with the layer's name, inputs and output.
 
 # %%
@@ -29,7 +29,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import FancyArrowPatch, Rectangle
 
-from minisd.nn import attention_weights, forward_hooks
+from minisd.module import forward_hooks
+from minisd.nn import attention_weights
 from minisd.unet import timestep_embedding
 
 args = common.options("Chapter 7: the UNet's layers and shapes, the time embedding, text, cross-attention")

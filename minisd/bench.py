@@ -20,7 +20,6 @@ guidance (minisd's Pipeline against diffusers' StableDiffusionPipeline).
 """
 
 import argparse
-import contextlib
 import json
 import resource
 import subprocess
@@ -29,75 +28,15 @@ import time
 
 import numpy
 
-from . import blocks, clip, cuda, nn
+from . import cuda, ops, random_model
 from .backend import Backend
-from .clip import CLIPTextConfig, CLIPTextModel
 from .pipeline import Pipeline
-from .roofline import attention_flops, conv_flops, linear_flops
+from .presets import SD1
+from .roofline import attention_flops, count_flops
 from .tokenizer import CLIPTokenizer
-from .unet import UNet2DConditionModel, UNetConfig
-from .vae import AutoencoderKL, VAEConfig
-from .weights import load_module
 
 CPU_CASES = ("unet32", "unet64", "text", "vae256", "vae512")
 GPU_CASES = ("unet64", "text", "vae512", "generate")
-
-# SD 1.5's scheduler/scheduler_config.json
-SD15_SCHEDULER = {"_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
-                  "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "set_alpha_to_one": False,
-                  "skip_prk_steps": True, "steps_offset": 1, "clip_sample": False}  # fmt: skip
-
-
-def random_weights(module, seed=0):
-    """{key: float32 host array} for every slot of `module`: N(0, 1/fan_in) for matrices and
-    kernels, scales near 1 and small shifts for the 1-D parameters (norms, biases)."""
-    rng = numpy.random.default_rng(seed)
-    weights = {}
-    for key, _, _, slot in module.named_slots():
-        noise = rng.standard_normal(slot.shape, dtype=numpy.float32)
-        if len(slot.shape) > 1:
-            weights[key] = noise / numpy.float32(numpy.sqrt(numpy.prod(slot.shape[1:])))
-        elif key.endswith("weight"):
-            weights[key] = 1 + 0.1 * noise
-        else:
-            weights[key] = 0.1 * noise
-    return weights
-
-
-def place(module, weights, backend):
-    """Put `weights` into `module`'s slots on `backend`, as the loader does; returns the module."""
-    load_module(module, weights, "random weights", backend)
-    return module
-
-
-@contextlib.contextmanager
-def count_flops():
-    """Count multiply-adds (×2) of convolutions, linear layers and attention while active."""
-    total = [0]
-    conv_call, linear, attention = nn.Conv2d.__call__, nn.linear, nn.attention
-
-    def counted_conv(self, x):
-        y = conv_call(self, x)
-        total[0] += conv_flops(self.weight, y)
-        return y
-
-    def counted_linear(x, weight, bias=None):
-        y = linear(x, weight, bias)
-        total[0] += linear_flops(weight, y)
-        return y
-
-    def counted_attention(q, k, v, heads, mask=None):
-        total[0] += attention_flops(q.shape[0], q.shape[1], k.shape[1], q.shape[2])
-        return attention(q, k, v, heads, mask)
-
-    nn.Conv2d.__call__, nn.linear = counted_conv, counted_linear
-    blocks.attention = clip.attention = counted_attention
-    try:
-        yield total
-    finally:
-        nn.Conv2d.__call__, nn.linear = conv_call, linear
-        blocks.attention = clip.attention = attention
-
 
 def matmul_peak(backend, repeat=5):
     """Best GFLOP/s of a square matrix product in the backend's dtype (its BLAS's peak: on the
@@ -187,7 +126,7 @@ def vae_case(name, model, backend, reference):
 
 def generate_case(name, model, backend, reference):
     pipe = Pipeline(CLIPTokenizer.default(), model("text")[0], model("unet")[0], model("vae")[0],
-                    SD15_SCHEDULER, backend)  # fmt: skip
+                    SD1["scheduler"], backend)  # fmt: skip
     prompt = "a photograph of an astronaut riding a horse"
     case = Case("whole 512x512 image, 50 steps, guidance 7.5",
                 lambda: pipe(prompt, steps=50, height=512, width=512, progress=False))  # fmt: skip
@@ -199,10 +138,7 @@ def generate_case(name, model, backend, reference):
 
 def build(kind, backend, reference):
     """(minisd module, torch module or None) of SD 1.5's `kind` with the same random weights."""
-    module = {"unet": lambda: UNet2DConditionModel(UNetConfig()), "text": lambda: CLIPTextModel(CLIPTextConfig()),
-              "vae": lambda: AutoencoderKL(VAEConfig())}[kind]()  # fmt: skip
-    weights = random_weights(module, seed=len(kind))
-    place(module, weights, backend)
+    module, weights = random_model.build(kind, backend)
     return module, (reference.module(kind, weights) if reference else None)
 
 
@@ -223,13 +159,11 @@ class Reference:
         from transformers import CLIPTextModel as TorchText
 
         if kind == "unet":
-            module = TorchUNet(sample_size=64, cross_attention_dim=768)
+            module = TorchUNet(**SD1["unet"])
         elif kind == "vae":
-            module = TorchVAE(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                              up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, sample_size=512)  # fmt: skip
+            module = TorchVAE(**SD1["vae"])
         else:
-            module = TorchText(TorchTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                               num_attention_heads=12, projection_dim=768))  # ViT-L/14, as SD 1.5
+            module = TorchText(TorchTextConfig(**SD1["text_encoder"], projection_dim=768))
             weights = {key.removeprefix("text_model."): value for key, value in weights.items()}  # transformers 5: flat
         module.load_state_dict({key: self.torch.from_numpy(value) for key, value in weights.items()})
         return module.to(self.device).eval() if self.dtype == self.torch.float32 else module.to(self.device, self.dtype).eval()
@@ -254,7 +188,7 @@ class Reference:
         folder = tempfile.mkdtemp()
         CLIPTokenizer.default().save(folder)  # the same vocabulary, for transformers' tokenizer
         pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=TorchTokenizer.from_pretrained(folder),
-                                       unet=unet, scheduler=PNDMScheduler.from_config(SD15_SCHEDULER),
+                                       unet=unet, scheduler=PNDMScheduler.from_config(SD1["scheduler"]),
                                        safety_checker=None, feature_extractor=None, requires_safety_checker=False)  # fmt: skip
         pipe.set_progress_bar_config(disable=True)
         return pipe
@@ -332,7 +266,7 @@ def bench_attention(backend, head_dim, tokens=4096, width=320, repeat=10):
     q, k, v = (rng.standard_normal((2, tokens, width), dtype=numpy.float32) for _ in range(3))
     flops = attention_flops(2, tokens, tokens, width)
     qd, kd, vd = (backend.asarray(x) for x in (q, k, v))
-    case = Case("attention", lambda: nn.attention(qd, kd, vd, heads))
+    case = Case("attention", lambda: ops.attention(qd, kd, vd, heads))
     try:
         import torch
 
@@ -369,7 +303,7 @@ def measure_memory(name, backend):
     """Run one memory case in this (fresh) process; print {"seconds", "peak_rss_gb"} as JSON."""
     if name == "generate":
         pipe = Pipeline(CLIPTokenizer.default(), build("text", backend, None)[0], build("unet", backend, None)[0],
-                        build("vae", backend, None)[0], SD15_SCHEDULER, backend)  # fmt: skip
+                        build("vae", backend, None)[0], SD1["scheduler"], backend)  # fmt: skip
         start = time.perf_counter()
         pipe("a photograph of an astronaut riding a horse", steps=20, height=512, width=512, progress=False)
     else:

@@ -5,8 +5,10 @@ resnet.py and attention_processor.py); they sit here, one floor above the primit
 unet.py and vae.py stay side by side without importing each other.
 """
 
+from . import ops
 from .backend import array_module
-from .nn import Conv2d, GroupNorm, Linear, Module, attention, silu
+from .layers import Conv2d, GroupNorm, Linear
+from .module import Module
 
 
 class ResnetBlock2D(Module):
@@ -29,7 +31,7 @@ class ResnetBlock2D(Module):
     def __call__(self, x, temb=None):  # (B, C_in, H, W) -> (B, C_out, H, W)
         h = self.conv1(silu_in_place(self.norm1(x)))
         if temb is not None:
-            h += self.time_emb_proj(silu(temb))[:, :, None, None]  # one shift per channel
+            h += self.time_emb_proj(ops.silu(temb))[:, :, None, None]  # one shift per channel
         h = self.conv2(silu_in_place(self.norm2(h)))
         if hasattr(self, "conv_shortcut"):
             x = self.conv_shortcut(x)
@@ -38,7 +40,7 @@ class ResnetBlock2D(Module):
 
 def silu_in_place(h):
     """SiLU over a norm's fresh output, written over it (no second image-sized array)."""
-    return silu(h, out=h)
+    return ops.silu(h, out=h)
 
 
 class Attention(Module):
@@ -60,7 +62,7 @@ class Attention(Module):
     def __call__(self, x, context=None):  # (B, T, query_dim) -> (B, T, query_dim)
         context = x if context is None else context
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
-        return self.to_out[0](attention(q, k, v, self.heads))
+        return self.to_out[0](ops.attention(q, k, v, self.heads))
 
 
 class SpatialSelfAttention(Attention):
@@ -101,21 +103,5 @@ class Upsample2D(Module):
 
     def __call__(self, x, size=None):
         size = size or (2 * x.shape[2], 2 * x.shape[3])
-        return self.conv(upsample_nearest(x, size))
+        return self.conv(ops.upsample_nearest(x, size))  # (B, C, 2h, 2w)
 
-
-def upsample_nearest(x, size):
-    """(B, C, h, w) -> (B, C, H, W): each output pixel copies the input pixel it falls in.
-
-    Output index i reads input index floor(i·h/H), computed in float32 as PyTorch does.
-    """
-    xp = array_module(x)
-    if tuple(size) == (2 * x.shape[2], 2 * x.shape[3]):  # the usual doubling: floor(i/2), by broadcasting
-        y = xp.empty((*x.shape[:2], x.shape[2], 2, x.shape[3], 2), x.dtype)
-        y[...] = x[:, :, :, None, :, None]  # (B, C, h, 2, w, 2): each pixel into a 2×2 block
-        return y.reshape(*x.shape[:2], *size)
-    rows, cols = (
-        xp.minimum(xp.floor(xp.arange(out, dtype="float32") * xp.float32(inp / out)), inp - 1).astype("int64")
-        for inp, out in zip(x.shape[2:], size)
-    )
-    return x[:, :, rows[:, None], cols[None, :]]

@@ -8,7 +8,9 @@ this one pre-LayerNorm transformer with a causal mask, read from text_encoder/co
 from dataclasses import dataclass
 
 from .backend import array_module
-from .nn import Config, Embedding, LayerNorm, Linear, Module, activation, attention
+from . import ops
+from .layers import Embedding, LayerNorm, Linear, activation
+from .module import Config, Module
 
 
 @dataclass
@@ -101,7 +103,7 @@ class CLIPAttention(Module):
 
     def __call__(self, x, mask):
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        return self.out_proj(attention(q, k, v, self.heads, mask))
+        return self.out_proj(ops.attention(q, k, v, self.heads, mask))
 
 
 class CLIPMLP(Module):

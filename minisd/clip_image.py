@@ -19,7 +19,9 @@ import re
 from pathlib import Path
 
 from .backend import Backend, array_module
-from .nn import Conv2d, Linear, Module, Param, silu
+from . import ops
+from .layers import Conv2d, Linear
+from .module import Module, Param
 from .weights import WeightsError, load_module, read_safetensors
 
 
@@ -33,7 +35,7 @@ class ImageTower(Module):
     def __call__(self, pixels):  # (B, 3, H, W) in [-1, 1] -> (B, width)
         x = pixels
         for conv in self.convs:
-            x = silu(conv(x))  # (B, C, H/2, W/2)
+            x = ops.silu(conv(x))  # (B, C, H/2, W/2)
         return self.proj(x.mean(axis=(2, 3)))  # one average per channel: (B, C) -> (B, width)
 
 

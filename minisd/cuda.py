@@ -1,8 +1,8 @@
 """Our own CUDA kernels (kernels/*.cu), loaded through CuPy for the GPU backend.
 
-Only hot spots that earn it get a kernel; each computes exactly what the NumPy function of the
-same name in nn.py computes (that code stays the readable reference, and the tests compare
-the two). The .cu sources ship inside the package as `minisd.kernels`. The launch code below
+The GPU floor, beside cpu.py: only hot spots that earn it get a kernel, and each function here
+computes exactly what the function of the same name in nn.py computes (that code stays the
+readable reference, and the tests compare the two); ops.py decides when it runs. The .cu sources ship inside the package as `minisd.kernels`. The launch code below
 takes its array functions from the arrays it is given, so the tests can also run it, and the
 kernels, on NumPy arrays in a CPU emulator of CUDA (tests/cuda_emulator.py).
 """
@@ -13,6 +13,7 @@ import math
 import numpy
 
 from .backend import array_module
+from .nn import QUICK_GELU_ALPHA
 from .resources import shipped_folder
 
 ATTENTION_HEAD_DIMS = (40, 64, 80, 160)
@@ -148,9 +149,31 @@ def silu(x, alpha=1.0, out=None):
     return out
 
 
+def conv2d(x, weight, bias, stride=1, padding=0):
+    """nn.conv2d: the columns of every image gathered by one kernel (`im2col`), then one cuBLAS
+    product; a 1×1 kernel is one product over the channels."""
+    xp = array_module(x)
+    batch, in_channels, height, width = x.shape
+    out_channels, _, kh, kw = weight.shape
+    if kh == kw == 1 and stride == 1 and padding == 0:
+        y = weight.reshape(out_channels, in_channels) @ x.reshape(batch, in_channels, -1)  # (B, C_out, H·W)
+        y += bias[:, None]
+        return y.reshape(batch, out_channels, height, width)
+    out_h, out_w = (height + 2 * padding - kh) // stride + 1, (width + 2 * padding - kw) // stride + 1
+    columns = im2col(x, kh, kw, stride, padding, out_h, out_w)  # (C·kh·kw, B·H'·W')
+    y = (weight.reshape(out_channels, -1) @ columns).reshape(out_channels, batch, out_h, out_w)
+    y += bias[:, None, None, None]
+    return xp.ascontiguousarray(y.transpose(1, 0, 2, 3))  # (B, C_out, H', W')
+
+
+def quick_gelu(x):
+    """nn.quick_gelu, x·σ(1.702x), in silu's kernel."""
+    return silu(x, QUICK_GELU_ALPHA)
+
+
 def im2col(x, kh, kw, stride, padding, out_h, out_w):
-    """nn.im2col of x (B, C, H, W) zero-padded by `padding`, every image at once, in one kernel:
-    (C·kh·kw, B·out_h·out_w)."""
+    """nn.im2col of x (B, C, H, W) zero-padded by `padding`, every image at once, in one kernel,
+    channels first: (C·kh·kw, B·out_h·out_w)."""
     xp = array_module(x)
     x = xp.ascontiguousarray(x)
     batch, channels, height, width = x.shape

@@ -8,7 +8,7 @@ per core. NumPy releases Python's lock inside ufuncs and BLAS calls, so the thre
 at once. While they do, BLAS is held to one thread each, so matrix products inside a block
 (attention's per-head products) do not fight over the cores.
 
-On the GPU (CuPy arrays) the work runs once, over everything: the GPU is parallel already.
+Only the CPU floor (cpu.py) uses it; on a GPU the work is parallel already.
 """
 
 import functools
@@ -18,8 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy
 from threadpoolctl import ThreadpoolController
-
-from .backend import on_gpu
 
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
@@ -41,15 +39,14 @@ def _blas():
     return ThreadpoolController()
 
 
-def in_blocks(work, count, item_size, array):
+def in_blocks(work, count, item_size):
     """Call `work(items)` on slices `items` that together cover range(count) once.
 
     An item is `item_size` elements of work (a row, a head); a slice holds about
     BLOCK_ELEMENTS of them (at least one item), and the slices are dealt out to the cores like
-    cards. `array` tells where the work lives: for a GPU array `work(slice(0, count))` runs
-    once. Called from inside a block, it runs there, in order (no thread waits on itself).
+    cards. Called from inside a block, it runs there, in order (no thread waits on itself).
     """
-    if on_gpu(array) or getattr(_inside_block, "active", False):
+    if getattr(_inside_block, "active", False):
         work(slice(0, count))
         return
     per_block = max(1, BLOCK_ELEMENTS // max(1, item_size))
@@ -76,12 +73,6 @@ def elementwise(fn, *arrays, out=None):
     """fn(*arrays) for elementwise `fn` and arrays of one shape, computed block by block on every
     core (NumPy would make one pass through memory per operation of `fn`, on one core). The
     result goes into `out` if given (it may be one of the arrays), else into a new array."""
-    if on_gpu(arrays[0]):
-        result = fn(*arrays)
-        if out is None:
-            return result
-        out[...] = result
-        return out
     rows = [a.reshape(-1, a.shape[-1]) for a in arrays]  # (N, last axis): a block is some rows
     out = numpy.empty(arrays[0].shape, arrays[0].dtype) if out is None else out
     out_rows = out.reshape(rows[0].shape)
@@ -89,5 +80,5 @@ def elementwise(fn, *arrays, out=None):
     def compute(items):
         out_rows[items] = fn(*(r[items] for r in rows))
 
-    in_blocks(compute, rows[0].shape[0], rows[0].shape[1], arrays[0])
+    in_blocks(compute, rows[0].shape[0], rows[0].shape[1])
     return out

@@ -18,8 +18,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .backend import Backend
+from .ops import fast_paths
 from .rng import TorchGenerator
-from .samplers import make_scheduler
+from .schedulers import make_scheduler, scheduler_name
 from .single_file import read_single_file
 from .weights import check_model_folder, load_component, load_tokenizer, read_json
 
@@ -35,7 +36,49 @@ class Step:
     noise_pred: object  # the guided noise prediction ε at this step, (N, 4, h, w)
 
 
-def load(path, backend="numpy", dtype="float32", config=None, weights_dtype=None):
+@dataclass
+class Options:
+    """Every option of a generation, written once: what `Pipeline.__call__`, `img2img` and
+    `denoise` take as keywords, and what the command line fills. None means the model's default
+    (`Pipeline.options` fills it in)."""
+
+    negative_prompt: str = ""  # what to steer away from
+    steps: int | None = None  # denoising steps (default: the model folder's, else 50)
+    guidance: float | None = None  # classifier-free guidance scale s (default: the folder's, else 7.5)
+    seed: int = 0  # the seed of every random draw
+    height: int | None = None  # pixels, a multiple of 8 (default: the image's for img2img, else the model's)
+    width: int | None = None
+    scheduler: str | None = None  # a name of schedulers.SCHEDULERS (default: the one the model's config names)
+    eta: float = 0.0  # DDIM's noise (0: deterministic)
+    clip_skip: int = 0  # encode the prompt this many layers before the text encoder's last
+    long_prompt: str = "truncate"  # over 75 tokens: "truncate" (as diffusers) or "chunk"
+    num_images: int = 1  # text to image: this many images in one batch
+    latents: object = None  # text to image: the initial noise, (N, 4, h, w), instead of the seed's
+    image: object = None  # image to image: the starting picture (PIL image or a path)
+    strength: float = 0.8  # image to image: how far to noise it, (0, 1]
+    vae_tiling: bool = False  # decode images larger than the model's size in blended tiles
+
+    def check(self):
+        """Raise a ValueError naming the first option out of its range, and what it may be."""
+        steps, eta, strength, image, num_images = self.steps, self.eta, self.strength, self.image, self.num_images
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        if not isinstance(num_images, int) or num_images < 1:
+            raise ValueError(f"num_images must be an integer >= 1, got {num_images!r}")
+        if image is not None and num_images != 1:
+            raise ValueError("num_images applies to text to image; img2img makes one image per call")
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0 (0 is deterministic DDIM), got {eta}")
+        if image is not None and not 0 < strength <= 1:
+            raise ValueError(f"strength must be in (0, 1] (1 ignores the image entirely), got {strength}")
+        if image is not None and int(steps * strength) < 1:
+            raise ValueError(
+                f"strength {strength} with {steps} steps leaves no denoising step (int(steps*strength) = 0): "
+                "raise strength or steps"
+            )
+
+
+def load(path, backend="numpy", dtype="float32", config=None, weights_dtype=None, fast=True):
     """Load a Stable Diffusion model into a Pipeline: a diffusers-layout folder, or one
     single-file .safetensors checkpoint in the original layout (minisd.single_file).
 
@@ -43,14 +86,17 @@ def load(path, backend="numpy", dtype="float32", config=None, weights_dtype=None
     "prediction_type": "epsilon" | "v_prediction", "image_size": 512}.
     weights_dtype="float16" with dtype="float32" keeps the weight matrices in half the memory
     and computes in float32 (see Backend).
+    fast=False runs every layer on the plain equations of nn.py (ops.py): slow, but what a
+    debugger steps into is the textbook code; the picture is the same to rounding.
     """
     backend = Backend(backend, dtype, weights_dtype)
     if Path(path).suffix == ".safetensors" and Path(path).is_file():
-        return Pipeline(**read_single_file(path, backend, _vae_backend(backend, force_upcast=True), config))
+        parts = read_single_file(path, backend, _vae_backend(backend, force_upcast=True), config)
+        return Pipeline(**parts, fast=fast)
     if config is not None:
         raise ValueError("config= overrides the detection of a single-file checkpoint; a model folder "
                          "carries its own config.json files")  # fmt: skip
-    return Pipeline.from_folder(path, backend)
+    return Pipeline.from_folder(path, backend, fast)
 
 
 def _vae_backend(backend, force_upcast):
@@ -69,7 +115,7 @@ def randn(generator, shape):
 
 class Pipeline:
     def __init__(self, tokenizer, text_encoder, unet, vae, scheduler_config, backend, name="model",
-                 vae_backend=None, defaults=None):  # fmt: skip
+                 vae_backend=None, defaults=None, fast=True):  # fmt: skip
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.unet = unet
@@ -78,13 +124,14 @@ class Pipeline:
         self.backend = backend
         self.vae_backend = vae_backend or backend
         self.name = name
+        self.fast = fast  # False: the plain equations of nn.py only
         self.vae_scale_factor = vae.scale_factor  # 8 in SD
         # what an option left at None means: the model folder's minisd.json, else SD's usual values
         self.defaults = {"steps": 50, "guidance": 7.5, "height": self.default_size,
                          "width": self.default_size, **(defaults or {})}  # fmt: skip
 
     @classmethod
-    def from_folder(cls, path, backend):
+    def from_folder(cls, path, backend, fast=True):
         check_model_folder(path)
         folder = Path(path)
         vae_backend = _vae_backend(backend, read_json(folder / "vae" / "config.json").get("force_upcast", True))
@@ -98,6 +145,7 @@ class Pipeline:
             name=folder.resolve().name,
             vae_backend=vae_backend,
             defaults=_folder_defaults(folder),
+            fast=fast,
         )
 
     @property
@@ -107,60 +155,63 @@ class Pipeline:
 
     # ------------------------------------------------------------ public API
 
-    def __call__(self, prompt, negative_prompt="", steps=None, guidance=None, seed=0, height=None,
-                 width=None, scheduler=None, eta=0.0, latents=None, progress=True, vae_tiling=False,
-                 num_images=1, **text_options):  # fmt: skip
-        """Text to image: returns a PIL image, or with num_images > 1 a list of them, denoised
-        together as one batch through the UNet (their noise drawn at once, as diffusers'
-        num_images_per_prompt does). text_options: clip_skip, long_prompt (encode_prompt).
-        vae_tiling=True decodes images larger than the model's size in tiles (see decode)."""
-        loop = self.denoise(prompt, negative_prompt, steps, guidance, seed, height, width, scheduler, eta, latents,
-                            num_images=num_images, **text_options)  # fmt: skip
-        latents = self._run(loop, progress)  # (N, 4, h, w)
-        images = [self.decode(latents[i : i + 1], vae_tiling) for i in range(num_images)]
-        return images[0] if num_images == 1 else images
+    def __call__(self, prompt, negative_prompt="", progress=True, **options):
+        """Text to image: a PIL image, or with num_images > 1 a list of them, denoised together
+        as one batch through the UNet (their noise drawn at once, as diffusers'
+        num_images_per_prompt does). `options`: the fields of `Options`."""
+        images = self.generate(prompt, self.options(negative_prompt=negative_prompt, **options), progress)
+        return images[0] if len(images) == 1 else images
 
-    def img2img(self, prompt, image, strength=0.8, negative_prompt="", steps=None, guidance=None, seed=0,
-                height=None, width=None, scheduler=None, eta=0.0, progress=True, vae_tiling=False,
-                **text_options):  # fmt: skip
+    def img2img(self, prompt, image, strength=0.8, progress=True, **options):
         """Image to image: noise `image` up to `strength` (0 < strength <= 1), then denoise."""
-        loop = self.denoise(prompt, negative_prompt, steps, guidance, seed, height, width, scheduler, eta,
-                            image=image, strength=strength, **text_options)  # fmt: skip
-        return self.decode(self._run(loop, progress), vae_tiling)
+        return self.generate(prompt, self.options(image=image, strength=strength, **options), progress)[0]
 
-    def denoise(self, prompt, negative_prompt="", steps=None, guidance=None, seed=0, height=None, width=None,
-                scheduler=None, eta=0.0, latents=None, image=None, strength=1.0, clip_skip=0,
-                long_prompt="truncate", num_images=1):  # fmt: skip
+    def generate(self, prompt, options, progress=True):
+        """The list of PIL images that `options` (an `Options`, see `options`) describe."""
+        latents = self._run(self.denoise(prompt, options), progress)  # (N, 4, h, w)
+        return [self.decode(latents[i : i + 1], options.vae_tiling) for i in range(len(latents))]
+
+    def options(self, **given):
+        """An `Options` from keywords, what was left at None filled from the model's defaults, checked."""
+        options = Options(**given)
+        if isinstance(options.image, (str, Path)):
+            options.image = Image.open(options.image)
+        options.steps = self.defaults["steps"] if options.steps is None else options.steps
+        options.guidance = self.defaults["guidance"] if options.guidance is None else options.guidance
+        options.height, options.width = self._check_size(options.height, options.width, options.image)
+        options.scheduler = options.scheduler or scheduler_name(self.scheduler_config)
+        options.check()
+        return options
+
+    def denoise(self, prompt, options=None, **given):
         """The denoising loop as a generator of `Step`s (what __call__ and img2img consume).
 
-        Text to image starts from pure noise (or the given `latents`); with `image`, it starts
-        from the image's latents noised up to `strength` and runs only that part of the schedule.
-        clip_skip and long_prompt choose how the prompt is encoded (see encode_prompt).
-        num_images (text to image) denoises that many latents in one batch.
+        Takes an `Options`, or its fields as keywords. Text to image starts from pure noise (or
+        the given `latents`); with `image`, it starts from the image's latents noised up to
+        `strength` and runs only that part of the schedule.
         """
-        image = Image.open(image) if isinstance(image, (str, Path)) else image
-        steps = self.defaults["steps"] if steps is None else steps
-        guidance = self.defaults["guidance"] if guidance is None else guidance
-        height, width = self._check_size(height, width, image)
-        _check_options(steps, eta, strength, image, num_images)
-        scheduler = make_scheduler(scheduler, self.scheduler_config)
-        scheduler.set_timesteps(steps)
-        generator = TorchGenerator(seed)
-        context = self.encode_prompt(prompt, negative_prompt, guidance, clip_skip, long_prompt)
-        context = self.backend.xp.repeat(context, num_images, axis=0)  # ([N negatives;] N prompts, 77, D)
-        if image is None:
+        if options is None:
+            options = self.options(**given)
+        elif given:
+            raise TypeError("denoise takes an Options or keywords, not both")
+        scheduler = make_scheduler(options.scheduler, self.scheduler_config)
+        scheduler.set_timesteps(options.steps)
+        generator = TorchGenerator(options.seed)
+        context = self.encode_prompt(prompt, options.negative_prompt, options.guidance, options.clip_skip,
+                                     options.long_prompt)  # fmt: skip
+        context = self.backend.xp.repeat(context, options.num_images, axis=0)  # ([N negatives;] N prompts, 77, D)
+        if options.image is None:
             timesteps = scheduler.timesteps
-            latents = self._initial_latents(generator, latents, height, width, num_images)
-            latents = latents * scheduler.init_noise_sigma
+            latents = self._initial_latents(generator, options) * scheduler.init_noise_sigma
         else:
-            timesteps = _img2img_timesteps(scheduler.timesteps, steps, strength, scheduler.order)
+            timesteps = _img2img_timesteps(scheduler.timesteps, options.steps, options.strength, scheduler.order)
             scheduler.set_begin_index(len(scheduler.timesteps) - len(timesteps))
-            latents = self._noised_image_latents(generator, image, height, width, scheduler, timesteps[0])
+            latents = self._noised_image_latents(generator, options, scheduler, timesteps[0])
         for index, t in enumerate(timesteps):
             # fresh noise for this step (DDIM with eta > 0, Euler a, DDPM), drawn in diffusers' order
-            noise = self._noise_like(generator, latents) if scheduler.needs_noise(t, eta) else None
-            noise_pred = self.predict_noise(scheduler.scale_model_input(latents, t), t, context, guidance)
-            latents = scheduler.step(noise_pred, t, latents, eta=eta, noise=noise)
+            noise = self._noise_like(generator, latents) if scheduler.needs_noise(t, options.eta) else None
+            noise_pred = self.predict_noise(scheduler.scale_model_input(latents, t), t, context, options.guidance)
+            latents = scheduler.step(noise_pred, t, latents, eta=options.eta, noise=noise)
             yield Step(index, len(timesteps), t.item(), latents, noise_pred)
 
     def encode_prompt(self, prompt, negative_prompt="", guidance=7.5, clip_skip=0, long_prompt="truncate"):
@@ -187,7 +238,8 @@ class Pipeline:
 
     def _text_vectors(self, ids, clip_skip=0):
         """(chunks, 77) token ids -> (1, 77 * chunks, D) text vectors."""
-        vectors = self.text_encoder(self.backend.asarray(ids, dtype="int64"), clip_skip)
+        with fast_paths(self.fast):
+            vectors = self.text_encoder(self.backend.asarray(ids, dtype="int64"), clip_skip)
         return vectors.reshape(1, -1, vectors.shape[-1])
 
     def predict_noise(self, latents, t, context, guidance):
@@ -198,9 +250,11 @@ class Pipeline:
         """
         sample = latents.astype(self.backend.dtype, copy=False)
         if context.shape[0] == sample.shape[0]:
-            return self.unet(sample, t, context).astype("float32", copy=False)
+            with fast_paths(self.fast):
+                return self.unet(sample, t, context).astype("float32", copy=False)
         xp = self.backend.xp
-        noise = self.unet(xp.concatenate([sample, sample]), t, context).astype("float32", copy=False)
+        with fast_paths(self.fast):
+            noise = self.unet(xp.concatenate([sample, sample]), t, context).astype("float32", copy=False)
         noise_uncond, noise_text = xp.split(noise, 2)  # each (N, 4, h, w)
         return noise_uncond + guidance * (noise_text - noise_uncond)
 
@@ -209,13 +263,15 @@ class Pipeline:
         larger than the model's size are decoded in blended tiles of that size (AutoencoderKL.decode):
         a 1024x1024 image from SD 1.5 then needs the memory of a 512x512 one."""
         latents = self.vae_backend.asarray(latents / self.vae.config.scaling_factor)
-        images = self.vae.decode(latents, tiled=vae_tiling)  # (1, 3, H, W) in [-1, 1]
+        with fast_paths(self.fast):
+            images = self.vae.decode(latents, tiled=vae_tiling)  # (1, 3, H, W) in [-1, 1]
         return to_pil(self.vae_backend.to_host(images).astype(numpy.float32))
 
     def encode_image(self, image):
         """PIL image -> posterior mean and log-variance of its latents (unscaled)."""
         pixels = self.vae_backend.asarray(from_pil(image))  # (1, 3, H, W) in [-1, 1]
-        return self.vae.encode(pixels)
+        with fast_paths(self.fast):
+            return self.vae.encode(pixels)
 
     # ------------------------------------------------------------ helpers
 
@@ -242,22 +298,20 @@ class Pipeline:
             )
         return height, width
 
-    def _latent_shape(self, height, width, count):
+    def _initial_latents(self, generator, options):
         factor = self.vae_scale_factor
-        return (count, self.unet.config.in_channels, height // factor, width // factor)
-
-    def _initial_latents(self, generator, latents, height, width, count):
-        shape = self._latent_shape(height, width, count)
-        if latents is None:
+        shape = (options.num_images, self.unet.config.in_channels, options.height // factor, options.width // factor)
+        if options.latents is None:
             return self.backend.asarray(randn(generator, shape), dtype="float32")
-        if tuple(latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape} for a {width}x{height} image, got {tuple(latents.shape)}")
-        return self.backend.asarray(latents, dtype="float32")
+        if tuple(options.latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape} for a {options.width}x{options.height} image, "
+                             f"got {tuple(options.latents.shape)}")  # fmt: skip
+        return self.backend.asarray(options.latents, dtype="float32")
 
-    def _noised_image_latents(self, generator, image, height, width, scheduler, t_start):
-        image = image.convert("RGB")
-        if image.size != (width, height):
-            image = image.resize((width, height), Image.LANCZOS)
+    def _noised_image_latents(self, generator, options, scheduler, t_start):
+        image = options.image.convert("RGB")
+        if image.size != (options.width, options.height):
+            image = image.resize((options.width, options.height), Image.LANCZOS)
         mean, logvar = (x.astype("float32", copy=False) for x in self.encode_image(image))
         sample = mean + self.backend.xp.exp(0.5 * logvar) * self._noise_like(generator, mean)
         latents = sample * self.vae.config.scaling_factor
@@ -271,24 +325,6 @@ def _folder_defaults(folder):
     """Generation defaults a model folder may carry in minisd.json ({"defaults": {"steps": ...}})."""
     path = folder / "minisd.json"
     return read_json(path).get("defaults") if path.exists() else None
-
-
-def _check_options(steps, eta, strength, image, num_images):
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if not isinstance(num_images, int) or num_images < 1:
-        raise ValueError(f"num_images must be an integer >= 1, got {num_images!r}")
-    if image is not None and num_images != 1:
-        raise ValueError("num_images applies to text to image; img2img makes one image per call")
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0 (0 is deterministic DDIM), got {eta}")
-    if image is not None and not 0 < strength <= 1:
-        raise ValueError(f"strength must be in (0, 1] (1 ignores the image entirely), got {strength}")
-    if image is not None and int(steps * strength) < 1:
-        raise ValueError(
-            f"strength {strength} with {steps} steps leaves no denoising step (int(steps*strength) = 0): "
-            "raise strength or steps"
-        )
 
 
 def _img2img_timesteps(timesteps, steps, strength, order):

@@ -23,21 +23,25 @@ layers (activations, adds, concatenations, the timestep embedding, and the GPU w
 """
 
 import argparse
+import contextlib
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy
 
+from . import ops
 from .backend import Backend
 from .blocks import Attention
-from .nn import Conv2d, GroupNorm, LayerNorm, Linear, forward_hooks
+from .layers import Conv2d, GroupNorm, LayerNorm, Linear
+from .module import forward_hooks
+from .random_model import build
 from .unet import GEGLU
 
 HALF = 2  # bytes per float16 value
 
 
-# FLOPs (2 per multiply-add) of the layers that do matrix work; bench.py counts with them too.
+# FLOPs (2 per multiply-add) of the layers that do matrix work; bench.py counts with count_flops too.
 
 
 def conv_flops(weight, output):
@@ -53,6 +57,34 @@ def attention_flops(batch, q_len, k_len, width):
     """softmax(QKᵀ/√d)V over all heads (width = heads·d): QKᵀ and PV, 2 multiply-adds per
     (query, key, channel)."""
     return 4 * batch * q_len * k_len * width
+
+
+@contextlib.contextmanager
+def count_flops():
+    """Count multiply-adds (×2) of convolutions, linear layers and attention while active."""
+    total = [0]
+    conv_call, linear, attention = Conv2d.__call__, ops.linear, ops.attention
+
+    def counted_conv(self, x):
+        y = conv_call(self, x)
+        total[0] += conv_flops(self.weight, y)
+        return y
+
+    def counted_linear(x, weight, bias=None):
+        y = linear(x, weight, bias)
+        total[0] += linear_flops(weight, y)
+        return y
+
+    def counted_attention(q, k, v, heads, mask=None):
+        total[0] += attention_flops(q.shape[0], q.shape[1], k.shape[1], q.shape[2])
+        return attention(q, k, v, heads, mask)
+
+    Conv2d.__call__, ops.linear, ops.attention = counted_conv, counted_linear, counted_attention
+    try:
+        yield total
+    finally:
+        Conv2d.__call__, ops.linear, ops.attention = conv_call, linear, attention
+
 
 
 @dataclass
@@ -231,8 +263,6 @@ def measure(unet, sample, context, backend, repeat):
 
 
 def main(argv=None):
-    from .bench import build
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latent", type=int, default=64, help="latent size (64: a 512x512 image)")
     parser.add_argument("--batch", type=int, default=2, help="UNet batch (2: one image with guidance)")
@@ -245,7 +275,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     backend = Backend(args.backend, args.dtype or ("float16" if args.backend == "cupy" else "float32"))
     backend = backend if args.measure else Backend("numpy")  # counting alone runs on the CPU
-    unet, _ = build("unet", backend, None)
+    unet, _ = build("unet", backend)
     rng = numpy.random.default_rng(1)
     sample = backend.asarray(rng.standard_normal((args.batch, 4, args.latent, args.latent), dtype=numpy.float32))
     context = backend.asarray(rng.standard_normal((args.batch, 77, 768), dtype=numpy.float32))

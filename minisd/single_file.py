@@ -21,15 +21,12 @@ from pathlib import Path
 import numpy
 
 from .clip import CLIPTextConfig, CLIPTextModel
+from .presets import PRESETS
 from .tokenizer import CLIPTokenizer
 from .unet import UNet2DConditionModel, UNetConfig
 from .vae import AutoencoderKL, VAEConfig
 from .weights import HELP, WeightsError, load_module, read_safetensors, read_safetensors_header
 
-SD1_SCHEDULER = {"_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
-                 "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "prediction_type": "epsilon",
-                 "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1}  # fmt: skip
-SD2_SCHEDULER = {**SD1_SCHEDULER, "_class_name": "DDIMScheduler", "clip_sample": False}
 OVERRIDES = {"family": ("sd1", "sd2"), "prediction_type": ("epsilon", "v_prediction"), "image_size": int}
 
 # ---------------------------------------------------------------- the rename table
@@ -195,12 +192,13 @@ def detect(path, tensors, overrides):
     metadata = read_metadata(path)
     v_model = {"v": True, "epsilon": False}.get(metadata.get("modelspec.prediction_type"), family == "sd2")
     prediction = overrides.get("prediction_type") or ("v_prediction" if v_model else "epsilon")
-    image_size = overrides.get("image_size") or (768 if family == "sd2" and prediction == "v_prediction" else 512)
+    v_768 = family == "sd2" and prediction == "v_prediction"  # SD 2.x: v-models 768 pixels, epsilon ones 512
+    image_size = overrides.get("image_size") or PRESETS["sd2" if v_768 else "sd1"]["image_size"]
     vae = _vae_config(tensors)
     latent_size = image_size // 2 ** (len(vae.block_out_channels) - 1)  # the VAE shrinks by 8 in SD
     return {"family": family, "text": f"{family}_text", "unet": _unet_config(path, tensors, family, latent_size),
             "vae": vae, "text_config": _text_config(tensors, family),
-            "scheduler": {**(SD2_SCHEDULER if family == "sd2" else SD1_SCHEDULER), "prediction_type": prediction}}  # fmt: skip
+            "scheduler": {**PRESETS[family]["scheduler"], "prediction_type": prediction}}  # fmt: skip
 
 
 def _family(path, tensors):
@@ -258,13 +256,13 @@ def _text_config(tensors, family):
         layers = 1 + _largest_index(tensors, rf"{re.escape(prefix)}encoder\.layers\.(\d+)\.")
         mlp = _shape(tensors, f"{prefix}encoder.layers.0.mlp.fc1.weight")[0]
         return CLIPTextConfig(vocab_size=vocab, hidden_size=width, intermediate_size=mlp, num_hidden_layers=layers,
-                              num_attention_heads=width // 64, hidden_act="quick_gelu")  # fmt: skip
+                              num_attention_heads=width // 64, hidden_act=PRESETS["sd1"]["text_encoder"]["hidden_act"])  # fmt: skip
     prefix = PREFIXES["sd2_text"]
     vocab, width = _shape(tensors, f"{prefix}token_embedding.weight")
     layers = 1 + _largest_index(tensors, rf"{re.escape(prefix)}transformer\.resblocks\.(\d+)\.")
     mlp = _shape(tensors, f"{prefix}transformer.resblocks.0.mlp.c_fc.weight")[0]
     return CLIPTextConfig(vocab_size=vocab, hidden_size=width, intermediate_size=mlp, num_hidden_layers=layers - 1,
-                          num_attention_heads=width // 64, hidden_act="gelu")  # fmt: skip
+                          num_attention_heads=width // 64, hidden_act=PRESETS["sd2"]["text_encoder"]["hidden_act"])  # fmt: skip
 
 
 def _largest_index(tensors, pattern):

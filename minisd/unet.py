@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 from .backend import array_module
 from .blocks import Attention, Downsample2D, ResnetBlock2D, Upsample2D, silu_in_place
-from .nn import Config, Conv2d, GroupNorm, LayerNorm, Linear, Module, geglu, silu
+from . import ops
+from .layers import Conv2d, GroupNorm, LayerNorm, Linear
+from .module import Config, Module
 
 
 @dataclass
@@ -146,7 +148,7 @@ class TimestepEmbedding(Module):
         self.linear_2 = Linear(out_dim, out_dim)
 
     def __call__(self, x):
-        return self.linear_2(silu(self.linear_1(x)))
+        return self.linear_2(ops.silu(self.linear_1(x)))
 
 
 # ---------------------------------------------------------------- spatial transformer
@@ -227,7 +229,7 @@ class GEGLU(Module):
         self.proj = Linear(dim, 2 * inner)
 
     def __call__(self, x):
-        return geglu(self.proj(x))  # (B, T, 2·inner) -> (B, T, inner)
+        return ops.geglu(self.proj(x))  # (B, T, 2·inner) -> (B, T, inner)
 
 
 # ---------------------------------------------------------------- down, mid and up blocks

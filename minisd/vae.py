@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from .backend import array_module
 from .blocks import Downsample2D, ResnetBlock2D, SpatialSelfAttention, Upsample2D, silu_in_place
-from .nn import Config, Conv2d, GroupNorm, Module
+from .layers import Conv2d, GroupNorm
+from .module import Config, Module
 
 EPS = 1e-6
 

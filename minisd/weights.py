@@ -1,6 +1,6 @@
 """Reading checkpoints: safetensors files, the diffusers folder layout, strict key checks.
 
-A component's parameter slots are named after the checkpoint keys (nn.Module.named_slots), so
+A component's parameter slots are named after the checkpoint keys (module.Module.named_slots), so
 loading is one generic walk: every key the model declares must be in the file with the right
 shape, and every key in the file must be one the model declares. All mismatches are reported
 together, by name. Files are memory-mapped: a float32 weight used by the NumPy backend is read
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy
 
 from .clip import CLIPTextConfig, CLIPTextModel
-from .nn import Conv2d, Linear
+from .layers import Conv2d, Linear
 from .resources import shipped_folder
 from .tokenizer import CLIPTokenizer
 from .unet import UNet2DConditionModel, UNetConfig

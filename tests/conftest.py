@@ -1,15 +1,14 @@
-"""Shared fixtures. Live-parity fixtures need the `reference` extra (torch, diffusers,
-transformers); without it, the tests that use them are skipped with that reason."""
+"""Shared fixtures, and the tiers' markers at work: a test marked `reference` (it needs torch,
+diffusers and transformers) is skipped with the reason when they are missing. Helpers shared
+by tests live in helpers.py (no reference library) and reference.py (torch side)."""
 
 import pytest
+from helpers import require_reference
 
-REFERENCE_MISSING = "live parity needs the reference extra: pip install -e '.[reference]'"
 
-
-def require_reference():
-    """Import torch, diffusers and transformers, or skip the test saying how to install them."""
-    for name in ("torch", "diffusers", "transformers"):
-        pytest.importorskip(name, reason=REFERENCE_MISSING)
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("reference"):
+        require_reference()
 
 
 @pytest.fixture(scope="session")

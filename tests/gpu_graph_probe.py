@@ -15,7 +15,7 @@ import cupy
 import numpy
 
 from minisd.backend import Backend
-from minisd.bench import build
+from minisd.random_model import build
 
 
 def median_ms(run, stream, repeat=10):
@@ -30,7 +30,7 @@ def median_ms(run, stream, repeat=10):
 
 def main():
     backend = Backend("cupy", "float16")
-    unet, _ = build("unet", backend, None)
+    unet, _ = build("unet", backend)
     rng = numpy.random.default_rng(0)
     sample = backend.asarray(rng.standard_normal((2, 4, 64, 64), dtype=numpy.float32))
     context = backend.asarray(rng.standard_normal((2, 77, 768), dtype=numpy.float32))

@@ -8,13 +8,9 @@ an element the kernel does not write fails the check.
 import functools
 
 import numpy as np
+from helpers import relative_error
 
 from minisd import cuda, nn
-
-
-def relative_error(actual, reference):
-    actual, reference = np.asarray(actual, np.float64), np.asarray(reference, np.float64)
-    return np.linalg.norm(actual - reference) / np.linalg.norm(reference)
 
 
 def reference_attention(q, k, v, heads, mask):
@@ -106,6 +102,7 @@ def check_im2col(xp, dtype, shape, kernel_size, stride, padding):
     x = np.random.default_rng(12).standard_normal(shape).astype(dtype)
     out_h, out_w = ((n + 2 * padding - kernel_size) // stride + 1 for n in shape[2:])
     padded = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-    reference = nn.im2col(padded.transpose(1, 0, 2, 3), kernel_size, kernel_size, stride, out_h, out_w)
+    columns = nn.im2col(padded, kernel_size, kernel_size, stride, out_h, out_w)  # (B, C·kh·kw, H'·W')
+    reference = columns.transpose(1, 0, 2).reshape(columns.shape[1], -1)  # the kernel's (C·kh·kw, B·H'·W')
     result = to_host(xp, cuda.im2col(xp.asarray(x), kernel_size, kernel_size, stride, padding, out_h, out_w))
     np.testing.assert_array_equal(result, reference)

@@ -8,13 +8,11 @@ folder layout, loaded by minisd's own loader, and compared output for output.
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from minisd.tokenizer import CLIPTokenizer
+from helpers import SD15_SCHEDULER
 
-# SD 1.5's own scheduler/scheduler_config.json
-SD15_SCHEDULER = json.loads((Path(__file__).parent / "fixtures" / "sd15_scheduler_config.json").read_text())
+from minisd.tokenizer import CLIPTokenizer
 
 # The real SD 1.5 sizes are the libraries' defaults, except the text encoder's (ViT-L/14).
 SD15_TEXT = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
@@ -119,12 +117,6 @@ def reference_pipeline(folder, scheduler="pndm"):
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def relative_error(actual, expected):
-    """‖actual − expected‖ / ‖expected‖ (relative L2), in float64."""
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
 
 
 def to_numpy(tensor):

@@ -19,7 +19,7 @@ FOLDER = minisd.default_model_folder()
 
 
 def test_same_vectors_as_the_training_code():
-    from conftest import require_reference
+    from helpers import require_reference
 
     require_reference()
     import torch

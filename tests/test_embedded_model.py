@@ -53,7 +53,7 @@ def test_missing_embedded_model_is_explained(monkeypatch, tmp_path):
 def test_same_image_as_diffusers(guidance, negative):
     """diffusers' StableDiffusionPipeline on the shipped folder (DDIM, v-prediction, zero-SNR
     betas, trailing spacing), same injected latents: images within 1 level of 255."""
-    from conftest import require_reference
+    from helpers import require_reference
 
     require_reference()
     import torch

@@ -10,12 +10,12 @@ from pathlib import Path
 import kernel_checks
 import numpy as np
 import pytest
-from kernel_checks import relative_error
+from helpers import relative_error
 
 import minisd
-from minisd import cuda, nn
+from minisd import cuda, ops
 from minisd.backend import Backend
-from minisd.bench import place, random_weights
+from minisd.random_model import place, random_weights
 from minisd.clip import CLIPTextConfig, CLIPTextModel
 from minisd.unet import UNet2DConditionModel, UNetConfig
 from minisd.vae import AutoencoderKL, VAEConfig
@@ -152,17 +152,17 @@ def test_float16_attention_picks_tensor_cores():
     asking for it by name, bit for bit."""
     rng = np.random.default_rng(5)
     q, k, v = (cupy.asarray(rng.standard_normal((2, 100, 2 * 40)), dtype=cupy.float16) for _ in range(3))
-    chosen = nn.attention(q, k, v, heads=2)
+    chosen = ops.attention(q, k, v, heads=2)
     named = cuda.attention(q, k, v, 2, tensor_cores=cuda.has_tensor_cores())
     assert bool((chosen == named).all())
 
 
 def test_uncovered_head_dim_uses_plain_cupy():
-    """Head dim 16 (the tiny model's) is not in the kernel: nn.attention computes it in CuPy."""
+    """Head dim 16 (the tiny model's) is not in the kernel: ops.attention runs nn.attention in CuPy."""
     rng = np.random.default_rng(9)
     q, k, v = (rng.standard_normal((1, 50, 32)).astype(np.float32) for _ in range(3))
     assert not cuda.attention_supported(cupy.asarray(q), cupy.asarray(k), 2)
-    result = nn.attention(*(cupy.asarray(x) for x in (q, k, v)), heads=2).get()
+    result = ops.attention(*(cupy.asarray(x) for x in (q, k, v)), heads=2).get()
     assert relative_error(result, kernel_checks.reference_attention(q, k, v, 2, None)) <= 1e-5
 
 

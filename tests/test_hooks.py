@@ -1,4 +1,4 @@
-"""minisd.nn.forward_hooks and attention_weights, the windows chapter 7 looks through: they change
+"""minisd.module.forward_hooks and nn.attention_weights, the windows chapter 7 looks through: they change
 nothing, report what diffusers' own modules compute, and the attention weights are the ones the
 attention layer mixes its values with."""
 
@@ -7,7 +7,8 @@ import pytest
 
 import minisd
 from minisd.blocks import Attention, ResnetBlock2D
-from minisd.nn import attention_weights, forward_hooks
+from minisd.module import forward_hooks
+from minisd.nn import attention_weights
 
 FOLDER = minisd.default_model_folder()
 
@@ -38,7 +39,7 @@ def test_hooks_change_nothing_and_go_away(pipe, inputs):
 def test_hooks_report_what_diffusers_modules_compute(pipe, inputs):
     """Every module output the hook reports equals the output of diffusers' module of the same
     name (diffusers' names are the checkpoint keys too), on the shipped weights."""
-    from conftest import require_reference
+    from helpers import require_reference
 
     require_reference()
     import torch

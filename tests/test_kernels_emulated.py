@@ -2,8 +2,8 @@
 and launched by minisd.cuda's own code on NumPy arrays, checked as the GPU tier checks them
 (tests/kernel_checks.py), at smaller sizes; then whole models down the GPU code path (every
 dispatch to a kernel taken, the kernels emulated) against the plain NumPy path. A kernel's
-indexing, tiling, tensor-core fragments, synchronisation and online softmax, and nn.py's use of
-it, are thus tested on every CI run; speed, CuPy and a GPU's own behaviour only on a GPU
+indexing, tiling, tensor-core fragments, synchronisation and online softmax, and ops.py's choice
+of them, are thus tested on every CI run; speed, CuPy and a GPU's own behaviour only on a GPU
 (tests/test_gpu.py).
 """
 
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from cuda_emulator import EmulatedModule
 
-from minisd import cuda, nn, parallel
+from minisd import cuda, ops
 from minisd.backend import Backend
-from minisd.bench import place, random_weights
+from minisd.random_model import place, random_weights
 from minisd.clip import CLIPTextConfig, CLIPTextModel
 from minisd.unet import UNet2DConditionModel, UNetConfig
 from minisd.vae import AutoencoderKL, VAEConfig
@@ -80,8 +80,7 @@ def take_gpu_code_path(patch):
     """NumPy arrays down the GPU code path (with on_cpu, to the emulated kernels): on_gpu says
     yes, and the GPU has tensor cores (float16 attention takes kernels/attention_tc.cu)."""
     patch.setattr(cuda, "has_tensor_cores", lambda: True)
-    for module in (nn, parallel):
-        patch.setattr(module, "on_gpu", lambda x: True)
+    patch.setattr(ops, "on_gpu", lambda x: True)
 
 
 MODELS = {  # name: (model, its inputs, the call, the kernels it must launch, its attention head dims)

@@ -12,10 +12,11 @@ from minisd.blocks import ResnetBlock2D
 from minisd.unet import Transformer2DModel, UNetConfig
 from minisd.vae import UNetMidBlock2D, VAEConfig
 from minisd.weights import load_module
-from conftest import require_reference
+from helpers import require_reference
 
 require_reference()  # skips the module, saying why, without torch/diffusers/transformers
-from reference import randomize, relative_error, to_numpy
+from helpers import relative_error
+from reference import randomize, to_numpy
 
 
 def compare(ours, theirs, *inputs, call=lambda module, *x: module(*x)):

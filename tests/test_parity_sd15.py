@@ -13,12 +13,13 @@ import pytest
 
 from minisd.backend import Backend
 from minisd.weights import load_component
-from conftest import require_reference
+from helpers import require_reference
 
 require_reference()  # skips the module, saying why, without torch/diffusers/transformers
-from reference import relative_error, to_numpy
+from helpers import relative_error
+from reference import to_numpy
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.reference, pytest.mark.slow]
 TOLERANCE = 1e-5
 PROMPTS = ["a photograph of an astronaut riding a horse", "", "A red circle, on a WHITE background!!"]
 
@@ -81,13 +82,12 @@ def test_vae_encoder(sd15, numpy_backend):
     assert relative_error(logvar, to_numpy(posterior.logvar)) <= TOLERANCE
 
 
-# peak_rss reads Linux's VmHWM, this process's own peak: the rusage maximum would include the
-# pytest process's peak, which a child started by fork and exec inherits.
+# The peak is Linux's VmHWM, this process's own: the rusage maximum would include the pytest
+# process's peak, which a child started by fork and exec inherits.
 FULL_FORWARD = """
 import json, sys, time
 import numpy as np
 from minisd.backend import Backend
-from minisd.bench import peak_rss
 from minisd.weights import load_component
 folder, inputs, output = sys.argv[1:]
 data = np.load(inputs)
@@ -96,7 +96,8 @@ start = time.perf_counter()
 noise = unet(data["sample"], 981, data["context"])
 seconds = time.perf_counter() - start
 np.save(output, noise)
-print(json.dumps({"seconds": seconds, "peak_rss_gb": peak_rss() / 2**30}))
+peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"seconds": seconds, "peak_rss_gb": peak_kb * 1024 / 2**30}))
 """
 
 

@@ -9,7 +9,7 @@ value, for both of torch's paths (16 or more values, fewer), tails that are not 
 import numpy as np
 import pytest
 
-from conftest import require_reference
+from helpers import require_reference
 from minisd.rng import TorchGenerator, cephes_log, cephes_sincos, fma
 
 

@@ -4,8 +4,7 @@ the bytes a layer's arrays hold."""
 import numpy as np
 
 from minisd.backend import Backend
-from minisd.bench import count_flops
-from minisd.roofline import WallClock, count_unet_step, measure_unet_step, table
+from minisd.roofline import WallClock, count_flops, count_unet_step, measure_unet_step, table
 from minisd.weights import load_component
 
 

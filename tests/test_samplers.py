@@ -26,21 +26,20 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import require_reference
-from test_schedulers import SD15, assert_close
+from helpers import SD15_SCHEDULER as SD15
+from helpers import assert_close, require_reference
 
 import minisd
 from minisd.cli import parse_args
-from minisd.samplers import (
+from minisd.schedulers import (
     SCHEDULERS,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
-    karras_sigmas,
-    lms_coefficients,
     make_scheduler,
-    sigma_to_t,
 )
+from minisd.schedulers.lms import lms_coefficients
+from minisd.schedulers.sigmas import karras_sigmas, sigma_to_t
 
 SHAPE = (1, 4, 8, 8)
 SPACINGS = ("leading", "trailing", "linspace")

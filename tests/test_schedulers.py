@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minisd.samplers import make_scheduler
-from minisd.schedulers import DDIMScheduler, PNDMScheduler
+from helpers import SD15_SCHEDULER as SD15
+from helpers import assert_close
+
+from minisd.schedulers import DDIMScheduler, PNDMScheduler, make_scheduler
 
 FIXTURE = np.load(Path(__file__).parent / "fixtures" / "schedulers.npz")
 CASES = json.loads(str(FIXTURE["cases"]))
@@ -20,7 +22,6 @@ SAMPLE = FIXTURE["inputs/sample"]
 MODEL_OUTPUTS = FIXTURE["inputs/model_outputs"]
 NOISES = FIXTURE["inputs/noises"]
 
-SD15 = json.loads((Path(__file__).parent / "fixtures" / "sd15_scheduler_config.json").read_text())
 SPACINGS = ("leading", "trailing", "linspace")
 
 
@@ -32,17 +33,6 @@ def denoise(scheduler, eta=0.0, model_outputs=MODEL_OUTPUTS, noises=NOISES):
         x = scheduler.step(model_outputs[i], t, x, eta=eta, noise=noises[i] if eta > 0 else None)
         samples.append(x)
     return np.stack(samples)
-
-
-def assert_close(got, want):
-    """Equal to float32 rounding: relative L2 and elementwise relative error <= 1e-6.
-
-    Not bit for bit: torch's float32 sqrt on the CPU is one ulp off in about a fifth of cases.
-    """
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    assert got.shape == want.shape
-    assert np.linalg.norm(got - want) <= 1e-6 * np.linalg.norm(want)
-    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
 
 
 # --- fast tier: committed fixture and closed forms --------------------------------------------

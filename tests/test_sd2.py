@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import minisd
-from conftest import require_reference
+from helpers import require_reference
 from minisd.backend import Backend
 from minisd.tokenizer import CLIPTokenizer
 from minisd.weights import load_component

@@ -14,11 +14,14 @@ import numpy as np
 import pytest
 
 import minisd
-from conftest import require_reference
+from helpers import SD15_SCHEDULER
+from minisd.schedulers import SCHEDULERS
+from helpers import require_reference
 from minisd.weights import WeightsError
 
+pytestmark = pytest.mark.reference
 require_reference()  # skips the module, saying why, without torch/diffusers/transformers
-from reference import TINY_VAE, SD15_SCHEDULER, SD21_SCHEDULER, build_models, save_model_folder  # noqa: E402
+from reference import SD21_SCHEDULER, TINY_VAE, build_models, save_model_folder  # noqa: E402
 
 # Small models that keep SD's conventions (detection relies on them): 2 ResNets per level,
 # 8 heads (SD 1) or 64-wide heads (SD 2), 64-wide text heads, 4 latent channels.
@@ -185,7 +188,15 @@ def test_single_file_equals_the_folder(checkpoint):
     assert from_file.tokenizer.pad_id == from_folder.tokenizer.pad_id == (0 if family == "sd2" else 49407)
     expected_prediction = "v_prediction" if family == "sd2" else "epsilon"
     assert from_file.scheduler_config["prediction_type"] == expected_prediction
-    options = dict(steps=4, height=64, width=64, seed=3, progress=False)
+
+
+@pytest.mark.parametrize("scheduler", sorted(SCHEDULERS))
+def test_single_file_gives_the_folders_picture(checkpoint, scheduler):
+    """With every scheduler, not only the default: each is built from the scheduler config, and a
+    single file's (minisd's presets) must act as the folder's (SD 1.5's and SD 2.1's own files)."""
+    _, folder, file = checkpoint
+    from_folder, from_file = minisd.load(folder), minisd.load(file, config={"image_size": 64})
+    options = dict(steps=4, height=64, width=64, seed=3, scheduler=scheduler, progress=False)
     assert np.array_equal(np.asarray(from_file("a red circle", **options)), np.asarray(from_folder("a red circle", **options)))
 
 

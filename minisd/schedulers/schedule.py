@@ -1,4 +1,4 @@
-"""Schedulers: the noise schedule and the denoising step.
+"""The noise schedule, and what every scheduler shares (the base class `Scheduler`).
 
 Stable Diffusion was trained on latents noised at T = 1000 levels. The *noise schedule* gives
 each timestep t a beta_t; alpha_bar_t = prod_{s<=t} (1 - beta_s) says how much signal is left:
@@ -7,19 +7,12 @@ each timestep t a beta_t; alpha_bar_t = prod_{s<=t} (1 - beta_s) says how much s
 
 At inference a scheduler picks N of those timesteps and, after each UNet call, makes one
 *denoising step*: from the latents x_t and the predicted noise it computes the less noisy latents
-of the previous timestep. Three samplers here, each matching diffusers to float32 rounding:
-
-- PNDMScheduler (PLMS, the SD 1.x default) reuses past noise predictions (linear multistep).
-- DDIMScheduler predicts x_0, then re-noises it to the previous level; eta > 0 adds fresh noise.
-- DDPMScheduler samples the posterior q(x_prev | x_t, x_0): fresh noise at every step.
-
-The samplers that work in sigma space (Euler, DPM-Solver++, LMS, Heun) are in samplers.py, with
-the table of every sampler by name. All are built from a checkpoint's scheduler_config.json dict.
-The schedule tables live on the host (NumPy, float32); the step touches the latents only with
+of the previous timestep. Every scheduler is built from a checkpoint's scheduler_config.json
+dict; a key absent from it takes the default of the class being built, as in diffusers. The
+schedule tables live on the host (NumPy, float32); a step touches the latents only with
 arithmetic operators and float32 scalars, so latents may be NumPy or CuPy arrays.
 """
 
-import itertools
 import math
 from dataclasses import dataclass, fields
 from typing import ClassVar
@@ -66,27 +59,6 @@ def explicit_keys(config):
         )
     defaulted = set(config.get("_use_default_values", ()))
     return {k: v for k, v in config.items() if k not in defaulted}
-
-
-@dataclass(frozen=True)
-class PNDMConfig(ScheduleConfig):
-    set_alpha_to_one: bool = False
-    skip_prk_steps: bool = False
-
-
-@dataclass(frozen=True)
-class DDIMConfig(ScheduleConfig):
-    set_alpha_to_one: bool = True
-    clip_sample: bool = True
-    clip_sample_range: float = 1.0
-    rescale_betas_zero_snr: bool = False
-
-
-@dataclass(frozen=True)
-class DDPMConfig(ScheduleConfig):
-    clip_sample: bool = True
-    clip_sample_range: float = 1.0
-    rescale_betas_zero_snr: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,12 +143,16 @@ def spaced_timesteps(num_inference_steps, config):
     return timesteps.astype(np.int64)
 
 
-# ---------------------------------------------------------------------------------------------
-# Samplers.
+class Scheduler:
+    """What every scheduler shares: the noise schedule, the checks, and what the pipeline calls.
 
-
-class _Scheduler:
-    """What every sampler shares: the noise schedule, the checks, the hooks the pipeline calls."""
+    A scheduler is built from a scheduler_config.json dict. `set_timesteps(N)` picks the N
+    timesteps (`timesteps`); then, for each, the pipeline calls `scale_model_input` (what the
+    UNet sees), the UNet, and `step` (the latents one step less noisy). `add_noise` noises
+    clean latents to a timestep (image to image), `needs_noise` says when `step` wants fresh
+    noise. Subclasses set `config_class` (the keys they read, with their defaults) and write
+    `set_timesteps` and `step`.
+    """
 
     config_class = ScheduleConfig
     prediction_types = ("epsilon", "v_prediction")
@@ -262,212 +238,6 @@ class _Scheduler:
         """Forward diffusion: noise clean latents to level t (img2img starts here)."""
         alpha_bar = self.alphas_cumprod[int(timestep)]
         return np.sqrt(alpha_bar) * original + np.sqrt(1 - alpha_bar) * noise
-
-
-class PNDMScheduler(_Scheduler):
-    """Pseudo numerical methods for diffusion models (PNDM, Liu et al. 2022).
-
-    Each denoising step is the DDIM move x_t -> x_{t-delta} (the paper's formula 9), driven by
-    an Adams-Bashforth mix of the last four noise predictions: a 4th-order step for one UNet call.
-    With skip_prk_steps (every SD checkpoint) the history starts with a 2nd-order step that calls
-    the UNet twice at the second timestep, so N steps take N+1 calls; without it, three
-    Runge-Kutta steps (12 calls) start the history.
-    """
-
-    config_class = PNDMConfig
-
-    def set_timesteps(self, num_inference_steps):
-        grid = self._spaced_timesteps(num_inference_steps)
-        if self.config.skip_prk_steps:
-            self.timesteps = np.concatenate([grid[:2], grid[1:]])  # second timestep twice
-            self._runge_kutta_calls = 0
-        else:
-            if num_inference_steps < 4:
-                raise ValueError(
-                    f"the Runge-Kutta warm-up (skip_prk_steps=False) needs at least 4 steps, got {num_inference_steps}"
-                )
-            self.timesteps = np.concatenate([self._runge_kutta_timesteps(grid), grid[3:]])
-            self._runge_kutta_calls = 12
-        self._noise_history = []  # noise predictions that feed the multistep, oldest first
-        self._calls = 0
-        self._start_sample = None  # latents where the current two-call / RK step began
-        self._rk_sum = 0
-
-    def _runge_kutta_timesteps(self, grid):
-        """Three RK4 steps t -> t_next, each called at t, the midpoint twice, then t_next."""
-        half = self.step_ratio // 2
-        steps = [[t, t_next + half, t_next + half, t_next] for t, t_next in itertools.pairwise(grid[:4])]
-        return np.array(steps, dtype=np.int64).ravel()
-
-    def step(self, model_output, timestep, sample, eta=0.0, noise=None):
-        """One denoising step: latents at `timestep` -> latents at the next entry of `timesteps`."""
-        self._check_no_eta(eta)
-        self._check_ready()
-        t = int(timestep)
-        if self._calls < self._runge_kutta_calls:
-            prev_sample = self._runge_kutta_step(model_output, t, sample)
-        else:
-            prev_sample = self._multistep(model_output, t, sample)
-        self._calls += 1
-        return prev_sample
-
-    def _multistep(self, noise_pred, t, sample):
-        """Linear multistep (PLMS): move by T//N along the Adams-Bashforth noise estimate."""
-        t_prev = t - self.step_ratio
-        if self._calls == 1:  # (skip_prk_steps only) second call at the same timestep:
-            # redo the first step from where it began with the average of both predictions.
-            t, t_prev = t + self.step_ratio, t
-            noise_pred = (noise_pred + self._noise_history[-1]) / 2
-            sample = self._start_sample
-        else:
-            self._noise_history = self._noise_history[-3:] + [noise_pred]
-            noise_pred = adams_bashforth(self._noise_history)
-            if self._calls == 0:
-                self._start_sample = sample
-        return self._transfer(sample, t, t_prev, noise_pred)
-
-    def _runge_kutta_step(self, noise_pred, t, sample):
-        """One of the four calls of an RK4 step; each moves from the step's start latents."""
-        stage = self._calls % 4
-        t_start = int(self.timesteps[self._calls - stage])
-        # stages 0 and 2 move half a step past the timestep they are called at
-        t_end = t - self.step_ratio // 2 if stage % 2 == 0 else t
-        if stage == 0:
-            self._start_sample = sample
-            self._noise_history.append(noise_pred)
-        weight = (1 / 6, 1 / 3, 1 / 3, 1 / 6)[stage]
-        if stage < 3:
-            self._rk_sum = self._rk_sum + weight * noise_pred
-        else:  # the RK4 average of the four slopes finishes the step
-            noise_pred = self._rk_sum + weight * noise_pred
-            self._rk_sum = 0
-        return self._transfer(self._start_sample, t_start, t_end, noise_pred)
-
-    def _transfer(self, sample, t, t_prev, noise_pred):
-        """PNDM's formula (9): the DDIM move from x_t to x_{t_prev} for a given noise prediction."""
-        a_t, a_prev = self._alpha_bar(t), self._alpha_bar(t_prev)
-        b_t, b_prev = 1 - a_t, 1 - a_prev
-        if self.config.prediction_type == "v_prediction":  # v = sqrt(a) noise - sqrt(1-a) x_0
-            noise_pred = np.sqrt(a_t) * noise_pred + np.sqrt(b_t) * sample
-        sample_coeff = np.sqrt(a_prev / a_t)
-        noise_denom = a_t * np.sqrt(b_prev) + np.sqrt(a_t * b_t * a_prev)
-        return sample_coeff * sample - (a_prev - a_t) * noise_pred / noise_denom
-
-
-def adams_bashforth(history):
-    """The noise estimate for the next step from the last 1-4 predictions (oldest first)."""
-    e = history
-    if len(e) == 1:
-        return e[-1]
-    if len(e) == 2:
-        return (3 * e[-1] - e[-2]) / 2
-    if len(e) == 3:
-        return (23 * e[-1] - 16 * e[-2] + 5 * e[-3]) / 12
-    return (1 / 24) * (55 * e[-1] - 59 * e[-2] + 37 * e[-3] - 9 * e[-4])
-
-
-class DDIMScheduler(_Scheduler):
-    """Denoising diffusion implicit models (DDIM, Song et al. 2021).
-
-    Each denoising step predicts the clean latents x_0, then puts them back at the previous
-    timestep's noise level along the predicted noise (formula 12 of the paper):
-
-        x_prev = sqrt(a_prev) x_0 + sqrt(1 - a_prev - sigma^2) noise_pred + sigma z.
-
-    eta scales sigma: 0 is deterministic DDIM, 1 is DDPM-like ancestral sampling.
-    """
-
-    config_class = DDIMConfig
-    prediction_types = ("epsilon", "v_prediction", "sample")
-    unsupported: ClassVar[dict] = {"thresholding": False}  # dynamic thresholding is for pixel-space models
-
-    def set_timesteps(self, num_inference_steps):
-        self.timesteps = self._spaced_timesteps(num_inference_steps)
-
-    def needs_noise(self, timestep, eta=0.0):
-        return eta > 0
-
-    def step(self, model_output, timestep, sample, eta=0.0, noise=None):
-        """One denoising step: latents at `timestep` -> latents T//N timesteps earlier.
-
-        eta > 0 needs `noise`: a standard normal array shaped like `sample`, on its backend.
-        """
-        self._check_ready()
-        if eta < 0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
-        if eta > 0:
-            require_noise(noise, f"DDIM with eta={eta} adds fresh noise every step")
-        t = int(timestep)
-        a_t, a_prev = self._alpha_bar(t), self._alpha_bar(t - self.step_ratio)
-        b_t = 1 - a_t
-        x0, noise_pred = predict_x0_and_noise(self.config.prediction_type, model_output, sample, a_t)
-        x0 = clip_x0(x0, self.config)
-        variance = (1 - a_prev) / b_t * (1 - a_t / a_prev)  # formula (16)
-        sigma = eta * np.sqrt(variance)
-        direction = np.sqrt(1 - a_prev - sigma * sigma) * noise_pred
-        prev_sample = np.sqrt(a_prev) * x0 + direction
-        if eta > 0:
-            prev_sample = prev_sample + sigma * noise
-        return prev_sample
-
-
-class DDPMScheduler(_Scheduler):
-    """Denoising diffusion probabilistic models (DDPM, Ho et al. 2020).
-
-    Each step predicts the clean latents x_0, then samples the forward process's posterior
-    q(x_prev | x_t, x_0), formulas (6) and (7) of the paper, where x_prev is at the next entry
-    t' of `timesteps` (or is the clean end after the last one), a = alpha_bar_t, a' = alpha_bar_t':
-
-        x_prev = sqrt(a') beta / (1 - a) x_0 + sqrt(alpha) (1 - a') / (1 - a) x_t + sigma z,
-        alpha = a / a',  beta = 1 - alpha,  sigma^2 = (1 - a') / (1 - a) beta  ("fixed_small").
-
-    Fresh noise z at every step, except at t = 0.
-    """
-
-    config_class = DDPMConfig
-    prediction_types = ("epsilon", "v_prediction", "sample")
-    unsupported: ClassVar[dict] = {"variance_type": "fixed_small", "thresholding": False}
-
-    def set_timesteps(self, num_inference_steps):
-        self._check_steps(num_inference_steps)
-        self.timesteps = spaced_timesteps(num_inference_steps, self.config)
-
-    def needs_noise(self, timestep, eta=0.0):
-        self._check_no_eta(eta)
-        return timestep > 0
-
-    def step(self, model_output, timestep, sample, eta=0.0, noise=None):
-        """One denoising step: latents at `timestep` -> latents at the next entry of `timesteps`.
-
-        At every timestep but 0 it needs `noise`: a standard normal array shaped like `sample`.
-        """
-        self._check_no_eta(eta)
-        self._check_ready()
-        t = int(timestep)
-        t_prev = self._previous_timestep(t)
-        a_t = self._alpha_bar(t)
-        a_prev = self._alpha_bar(t_prev) if t_prev >= 0 else np.float32(1.0)
-        b_t, b_prev = 1 - a_t, 1 - a_prev
-        alpha = a_t / a_prev
-        beta = 1 - alpha
-        x0, _ = predict_x0_and_noise(self.config.prediction_type, model_output, sample, a_t)
-        x0 = clip_x0(x0, self.config)
-        x0_coeff = np.sqrt(a_prev) * beta / b_t
-        sample_coeff = np.sqrt(alpha) * b_prev / b_t
-        mean = x0_coeff * x0 + sample_coeff * sample
-        if t == 0:
-            return mean
-        require_noise(noise, f"DDPM adds fresh noise at timestep {t}")
-        variance = np.maximum(b_prev / b_t * beta, np.float32(1e-20))
-        return mean + np.sqrt(variance) * noise
-
-    def _previous_timestep(self, t):
-        """The entry after t in `timesteps`, or -1 after the last one."""
-        (where,) = np.nonzero(self.timesteps == t)
-        if len(where) == 0:
-            raise ValueError(f"timestep {t} is not one of this scheduler's timesteps: step through .timesteps")
-        i = where[0] + 1
-        return int(self.timesteps[i]) if i < len(self.timesteps) else -1
 
 
 def predict_x0_and_noise(prediction_type, model_output, sample, a_t):
