@@ -6,13 +6,14 @@
 """
 
 from .backend import Backend
-from .pipeline import Pipeline, Step, load
+from .ops import fast_paths
+from .pipeline import Options, Pipeline, Step, load
 from .weights import WeightsError, default_model_folder
 
-__all__ = ["Backend", "Pipeline", "Step", "WeightsError", "generate", "load"]
+__all__ = ["Backend", "Options", "Pipeline", "Step", "WeightsError", "fast_paths", "generate", "load"]
 __version__ = "0.1.0"
 
 
-def generate(prompt, weights=None, backend="numpy", dtype="float32", **options):
-    """One call from prompt to PIL image. `options` are those of `Pipeline.__call__`."""
-    return load(weights or default_model_folder(), backend, dtype)(prompt, **options)
+def generate(prompt, weights=None, backend="numpy", dtype="float32", fast=True, **options):
+    """One call from prompt to PIL image. `options` are those of `Pipeline.__call__` (`Options`)."""
+    return load(weights or default_model_folder(), backend, dtype, fast=fast)(prompt, **options)

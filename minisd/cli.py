@@ -7,7 +7,7 @@ from pathlib import Path
 from PIL.PngImagePlugin import PngInfo
 
 from . import load
-from .samplers import SCHEDULERS
+from .schedulers import SCHEDULERS
 from .weights import WeightsError, default_model_folder
 
 
@@ -71,12 +71,8 @@ def main(argv=None):
             check_output(output, args.force)
         config = dict(args.config) if args.config else None
         pipe = load(args.weights or default_model_folder(), args.backend, args.dtype, config, args.weights_dtype)
-        options = generation_options(pipe, args)
-        if args.init_image:
-            images = [pipe.img2img(args.prompt, args.init_image, strength=args.strength, **options)]
-        else:
-            images = pipe(args.prompt, num_images=args.num_images, **options)
-            images = images if args.num_images > 1 else [images]
+        options = pipe.options(**generation_options(args))
+        images = pipe.generate(args.prompt, options)
     except (WeightsError, ValueError, FileNotFoundError, ImportError) as error:
         print(f"minisd: error: {error}", file=sys.stderr)
         return 2
@@ -102,37 +98,36 @@ def check_output(output, force):
         raise ValueError(f"folder {output.parent} does not exist; create it or choose another -o")
 
 
-def generation_options(pipe, args):
-    """The pipeline options from the command line; what was not given takes the model's defaults."""
+def generation_options(args):
+    """The pipeline's options (pipeline.Options) from the command line; what was not given stays
+    None, for the pipeline to fill from the model's defaults."""
     width, height = args.size or (None, None)
-    steps = pipe.defaults["steps"] if args.steps is None else args.steps
-    guidance = pipe.defaults["guidance"] if args.guidance is None else args.guidance
-    return dict(negative_prompt=args.negative, steps=steps, guidance=guidance, seed=args.seed, height=height,
-                width=width, scheduler=args.scheduler, eta=args.eta, clip_skip=args.clip_skip,
-                long_prompt=args.long_prompt, vae_tiling=args.vae_tiling)  # fmt: skip
+    image = {"image": args.init_image, "strength": args.strength} if args.init_image else {}
+    return dict(negative_prompt=args.negative, steps=args.steps, guidance=args.guidance, seed=args.seed,
+                height=height, width=width, scheduler=args.scheduler, eta=args.eta, clip_skip=args.clip_skip,
+                long_prompt=args.long_prompt, num_images=args.num_images, vae_tiling=args.vae_tiling, **image)  # fmt: skip
 
 
 def png_text(args, options, pipe, image, index):
     """The generation parameters, stored in the PNG as text chunks; `index` is the image's place in
     its batch (0-based), recorded when the batch holds several: its noise is that batch's."""
     info = PngInfo()
-    scheduler = args.scheduler or pipe.scheduler_config.get("_class_name", "")
-    fields = {"prompt": args.prompt, "negative_prompt": args.negative, "seed": args.seed,
-              "steps": options["steps"], "scheduler": scheduler, "guidance": options["guidance"], "eta": args.eta,
+    fields = {"prompt": args.prompt, "negative_prompt": options.negative_prompt, "seed": options.seed,
+              "steps": options.steps, "scheduler": options.scheduler, "guidance": options.guidance, "eta": options.eta,
               "size": f"{image.width}x{image.height}", "model": pipe.name, "backend": f"{args.backend}/{args.dtype}",
               "software": "minisd"}  # fmt: skip
-    if args.num_images > 1:
-        fields.update(num_images=args.num_images, image_index=index + 1)
+    if options.num_images > 1:
+        fields.update(num_images=options.num_images, image_index=index + 1)
     if args.weights_dtype:
         fields.update(weights_dtype=args.weights_dtype)
-    if args.clip_skip:
-        fields.update(clip_skip=args.clip_skip)
-    if args.long_prompt != "truncate":
-        fields.update(long_prompt=args.long_prompt)
-    if args.vae_tiling:
+    if options.clip_skip:
+        fields.update(clip_skip=options.clip_skip)
+    if options.long_prompt != "truncate":
+        fields.update(long_prompt=options.long_prompt)
+    if options.vae_tiling:
         fields.update(vae_tiling=True)
     if args.init_image:
-        fields.update(init_image=Path(args.init_image).name, strength=args.strength)
+        fields.update(init_image=Path(args.init_image).name, strength=options.strength)
     for key, value in fields.items():
         info.add_text(key, str(value))
     return info

@@ -31,3 +31,6 @@ def tiny(tmp_path_factory):
     models = build_models(TINY_TEXT, TINY_UNET, TINY_VAE, seed=10)
     folder = save_model_folder(tmp_path_factory.mktemp("tiny"), *models)
     return folder, models
+
+# Scripts that are not tests (the GPU check, the graph-capture probe) live in scripts/.
+collect_ignore = ["scripts"]

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 FIXTURES = Path(__file__).parent / "fixtures"
+TINY_SD = FIXTURES / "tiny-sd"  # the committed tiny random model (fixtures/make_models.py)
 REFERENCE_MISSING = "live parity needs the reference extra: pip install -e '.[reference]'"
 
 # SD 1.5's own scheduler/scheduler_config.json, as the model folder ships it
@@ -36,3 +38,16 @@ def assert_close(got, want):
     assert got.shape == want.shape
     assert np.linalg.norm(got - want) <= 1e-6 * np.linalg.norm(want)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
+
+
+def max_pixel_difference(ours, theirs):
+    """The largest difference of two pictures, in levels of 255."""
+    return int(np.abs(np.asarray(ours, np.int16) - np.asarray(theirs, np.int16)).max())
+
+
+def init_image(width, height):
+    """A smooth colourful test picture (gradients and a disc), not noise."""
+    y, x = np.mgrid[0:height, 0:width] / max(width, height)
+    disc = ((x - 0.5) ** 2 + (y - 0.4) ** 2 < 0.08).astype(float)
+    pixels = np.stack([x, y, 0.5 + 0.5 * disc - 0.3 * x], axis=-1)
+    return Image.fromarray((pixels.clip(0, 1) * 255).astype(np.uint8))

@@ -121,3 +121,8 @@ def reference_pipeline(folder, scheduler="pndm"):
 
 def to_numpy(tensor):
     return tensor.detach().float().numpy()
+
+
+def torch_seed(seed):
+    """diffusers' way to fix the noise: a seeded CPU generator, which minisd's seed= repeats."""
+    return torch.Generator("cpu").manual_seed(seed)

@@ -35,7 +35,7 @@ def test_img2img_from_the_command_line(tmp_path):
     image = Image.open(output)
     assert image.size == (64, 56)  # floored to multiples of 8, as diffusers does
     assert image.text["strength"] == "0.7" and image.text["init_image"] == "init.png"
-    assert image.text["scheduler"] == "PNDMScheduler" and image.text["size"] == "64x56"
+    assert image.text["scheduler"] == "pndm" and image.text["size"] == "64x56"  # the model's own, by its --scheduler name
 
 
 def test_a_batch_of_images_gets_numbered_files(tmp_path, capsys):

@@ -18,10 +18,8 @@ from shapes import COMBINATIONS, caption, draw
 FOLDER = minisd.default_model_folder()
 
 
+@pytest.mark.reference
 def test_same_vectors_as_the_training_code():
-    from helpers import require_reference
-
-    require_reference()
     import torch
     from safetensors.torch import load_file
     from train import ImageTower, pooled

@@ -21,6 +21,8 @@ from minisd.unet import UNet2DConditionModel, UNetConfig
 from minisd.vae import AutoencoderKL, VAEConfig
 from minisd.weights import load_component
 
+pytestmark = pytest.mark.gpu
+
 cupy = pytest.importorskip("cupy", reason="GPU tier needs CuPy and an NVIDIA GPU: pip install -e '.[gpu]'")
 try:
     cupy.cuda.runtime.getDeviceCount()

@@ -36,12 +36,10 @@ def test_hooks_change_nothing_and_go_away(pipe, inputs):
     assert not any(key.startswith(("decoder", "encoder", "post_quant")) for key in calls)
 
 
+@pytest.mark.reference
 def test_hooks_report_what_diffusers_modules_compute(pipe, inputs):
     """Every module output the hook reports equals the output of diffusers' module of the same
     name (diffusers' names are the checkpoint keys too), on the shipped weights."""
-    from helpers import require_reference
-
-    require_reference()
     import torch
     from diffusers import UNet2DConditionModel
 

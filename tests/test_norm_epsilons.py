@@ -18,6 +18,8 @@ require_reference()  # skips the module, saying why, without torch/diffusers/tra
 from helpers import relative_error
 from reference import randomize, to_numpy
 
+pytestmark = pytest.mark.reference
+
 
 def compare(ours, theirs, *inputs, call=lambda module, *x: module(*x)):
     import torch

@@ -5,24 +5,15 @@ diffusers draws from `torch.Generator("cpu").manual_seed(s)` (minisd.rng), so th
 images must agree within 1 level of 255 everywhere, with nothing injected.
 """
 
-import numpy as np
 import pytest
-from PIL import Image
 
 import minisd
+from helpers import init_image, max_pixel_difference
+from reference import torch_seed
+
+pytestmark = pytest.mark.reference
 
 PROMPT = "a red circle on a white background"
-
-
-def torch_seed(seed):
-    """diffusers' way to fix the noise: a seeded CPU generator, which minisd's seed= repeats."""
-    import torch
-
-    return torch.Generator("cpu").manual_seed(seed)
-
-
-def max_pixel_difference(ours, theirs):
-    return int(np.abs(np.asarray(ours, np.int16) - np.asarray(theirs, np.int16)).max())
 
 
 @pytest.mark.parametrize("scheduler", ["pndm", "ddim"])
@@ -75,14 +66,6 @@ def test_ddim_eta(tiny):
     ).images[0]
     ours = minisd.load(folder)(PROMPT, steps=6, scheduler="ddim", eta=0.8, seed=6, progress=False)
     assert max_pixel_difference(ours, theirs) <= 1
-
-
-def init_image(width, height):
-    """A smooth colourful test picture (gradients and a disc), not noise."""
-    y, x = np.mgrid[0:height, 0:width] / max(width, height)
-    disc = ((x - 0.5) ** 2 + (y - 0.4) ** 2 < 0.08).astype(float)
-    pixels = np.stack([x, y, 0.5 + 0.5 * disc - 0.3 * x], axis=-1)
-    return Image.fromarray((pixels.clip(0, 1) * 255).astype(np.uint8))
 
 
 @pytest.mark.parametrize("scheduler", ["pndm", "ddim"])

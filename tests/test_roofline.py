@@ -2,10 +2,13 @@
 the bytes a layer's arrays hold."""
 
 import numpy as np
+import pytest
 
 from minisd.backend import Backend
 from minisd.roofline import WallClock, count_flops, count_unet_step, measure_unet_step, table
 from minisd.weights import load_component
+
+pytestmark = pytest.mark.reference
 
 
 def test_flops_equal_torch_flop_counter(tiny):

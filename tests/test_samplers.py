@@ -217,12 +217,12 @@ def test_steps_after_the_last_are_refused():
 
 
 def test_pipeline_refuses_eta_before_the_first_unet_call(monkeypatch):
-    from test_errors import FOLDER, PROMPT
+    from helpers import TINY_SD
 
-    pipe = minisd.load(FOLDER)
+    pipe = minisd.load(TINY_SD)
     monkeypatch.setattr(pipe, "predict_noise", lambda *args: pytest.fail("the UNet ran"))
     with pytest.raises(ValueError, match="eta=0.5 needs scheduler 'ddim'"):
-        pipe(PROMPT, steps=2, eta=0.5, scheduler="euler_a", progress=False)
+        pipe("a red circle", steps=2, eta=0.5, scheduler="euler_a", progress=False)
 
 
 # --- live tier: diffusers side by side --------------------------------------------------------
@@ -257,6 +257,7 @@ def assert_same_timesteps(ours, theirs):
         np.testing.assert_array_equal(ours.timesteps, want)
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("steps", [1, 2, 3, 7, 10, 20, 25, 50, 999, 1000])
 @pytest.mark.parametrize("spacing", SPACINGS)
 @pytest.mark.parametrize("name, overrides", CASES, ids=CASE_IDS)
@@ -296,6 +297,7 @@ def compare_steps(monkeypatch, name, config, steps, seed=0):
         x = want
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("steps", [1, 2, 7, 20, 50])
 @pytest.mark.parametrize("prediction_type", PREDICTIONS)
 @pytest.mark.parametrize("spacing", SPACINGS)
@@ -317,6 +319,7 @@ OPTIONS = {
 }
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("name, option", [(n, o) for o, (names, _) in OPTIONS.items() for n in names])
 def test_live_options(monkeypatch, name, option):
     config = {**SD15, **OPTIONS[option][1]}
@@ -324,6 +327,7 @@ def test_live_options(monkeypatch, name, option):
     compare_steps(monkeypatch, name, config, 10)
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_live_class_defaults(monkeypatch, name):
     """An empty config: every key takes the class's own default (Heun's and DDPM's differ)."""
@@ -334,10 +338,10 @@ def test_live_class_defaults(monkeypatch, name):
     compare_steps(monkeypatch, name, {}, 10)
 
 
+@pytest.mark.reference
 def test_live_switching_from_the_checkpoint_scheduler():
     """A diffusers config object carries _use_default_values: PNDM's default "leading" spacing
     does not carry over to Euler, whose own default is "linspace"."""
-    require_reference()
     import diffusers
 
     pndm = diffusers.PNDMScheduler.from_config(SD15)
@@ -346,6 +350,7 @@ def test_live_switching_from_the_checkpoint_scheduler():
     assert ours.config.timestep_spacing == theirs.config.timestep_spacing == "linspace"
 
 
+@pytest.mark.reference
 def test_live_lms_coefficients_match_scipy_quad():
     """diffusers integrates the Lagrange basis with scipy.integrate.quad on float32 values; the
     exact polynomial integral agrees to float32 rounding."""
@@ -360,6 +365,7 @@ def test_live_lms_coefficients_match_scipy_quad():
             np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("name", ["euler", "euler_a", "dpmpp_2m", "heun"])
 def test_live_add_noise(name):
     import torch
@@ -393,17 +399,19 @@ def reference_with(folder, name, img2img=False):
 @pytest.fixture(scope="module")
 def tiny_v(tiny, tmp_path_factory):
     """The tiny model with a v-prediction, trailing-spacing scheduler config (as SD 2.x)."""
-    from reference import SD15_SCHEDULER, save_model_folder
+    from reference import save_model_folder
 
     _, models = tiny
-    config = {**SD15_SCHEDULER, "prediction_type": "v_prediction", "timestep_spacing": "trailing"}
+    config = {**SD15, "prediction_type": "v_prediction", "timestep_spacing": "trailing"}
     return save_model_folder(tmp_path_factory.mktemp("tiny-v"), *models, scheduler=config)
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_live_text_to_image(request, name, prediction):
-    from test_pipeline_parity import max_pixel_difference, torch_seed
+    from helpers import max_pixel_difference
+    from reference import torch_seed
 
     folder = request.getfixturevalue("tiny")[0] if prediction == "epsilon" else request.getfixturevalue("tiny_v")
     options = {"negative_prompt": "blurry", "height": 64, "width": 48}
@@ -412,6 +420,7 @@ def test_live_text_to_image(request, name, prediction):
     assert max_pixel_difference(ours, theirs.images[0]) <= 1
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize(
     "name, strength",
     [("euler", 0.6), ("euler_a", 0.8), ("dpmpp_2m_karras", 0.5), ("heun", 0.7), ("ddpm", 0.6), ("lms", 1.0)],
@@ -419,7 +428,8 @@ def test_live_text_to_image(request, name, prediction):
 def test_live_image_to_image(tiny, name, strength):
     """(LMS only at strength 1: below, minisd starts its multistep at order 1 where diffusers does
     not; see the README's "Behaviour worth knowing".)"""
-    from test_pipeline_parity import init_image, max_pixel_difference, torch_seed
+    from helpers import init_image, max_pixel_difference
+    from reference import torch_seed
 
     folder, _ = tiny
     image = init_image(64, 56)
@@ -432,14 +442,15 @@ def test_live_image_to_image(tiny, name, strength):
     assert max_pixel_difference(ours, theirs) <= 1
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("name", ["euler_a", "dpmpp_2m"])
 def test_live_embedded_model(name):
     """The shipped model's zero-SNR, v-prediction, trailing schedule through the sigma samplers."""
-    from test_pipeline_parity import max_pixel_difference, torch_seed
+    from helpers import max_pixel_difference
+    from reference import torch_seed
 
     from minisd.weights import default_model_folder
 
-    require_reference()
     import diffusers
     import torch
 

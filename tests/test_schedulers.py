@@ -181,6 +181,7 @@ def compare_runs(diffusers, name, config, steps, eta=0.0):
     assert_close(denoise(ours, eta, *inputs), reference_denoise(theirs, eta, *inputs))
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("name", ["pndm", "ddim"])
 @pytest.mark.parametrize("spacing", SPACINGS)
 @pytest.mark.parametrize("steps", [1, 2, 3, 7, 10, 25, 50, 999, 1000])
@@ -192,6 +193,7 @@ def test_live_timesteps(diffusers, name, spacing, steps):
     np.testing.assert_array_equal(ours.timesteps, theirs.timesteps.numpy())
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 @pytest.mark.parametrize("spacing", SPACINGS)
 @pytest.mark.parametrize("steps", [1, 2, 10, 25, 50])
@@ -201,6 +203,7 @@ def test_live_steps(diffusers, name, eta, steps, spacing, prediction_type):
     compare_runs(diffusers, name, config, steps, eta)
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("spacing", SPACINGS)
 @pytest.mark.parametrize("steps", [4, 10, 25])
 def test_live_pndm_runge_kutta(diffusers, steps, spacing):
@@ -208,6 +211,7 @@ def test_live_pndm_runge_kutta(diffusers, steps, spacing):
     compare_runs(diffusers, "pndm", config, steps)
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("name", ["pndm", "ddim"])
 def test_live_defaults_from_class(diffusers, name):
     # no timestep_spacing, steps_offset, set_alpha_to_one, clip_sample: each class's own defaults
@@ -219,6 +223,7 @@ def test_live_defaults_from_class(diffusers, name):
     compare_runs(diffusers, name, config, 10)
 
 
+@pytest.mark.reference
 def test_live_config_from_diffusers_object(diffusers):
     # a diffusers config dict carries _use_default_values; from_config drops those keys
     without_alpha_to_one = {k: v for k, v in SD15.items() if k != "set_alpha_to_one"}
@@ -230,6 +235,7 @@ def test_live_config_from_diffusers_object(diffusers):
     assert ours.config.set_alpha_to_one  # DDIM's default, not PNDM's
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -255,6 +261,7 @@ def test_live_ddim_options(diffusers, overrides, eta):
     compare_runs(diffusers, "ddim", config, 10, eta)
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("timestep", [1, 500, 999])
 def test_live_add_noise(diffusers, timestep):
     import torch
@@ -265,6 +272,7 @@ def test_live_add_noise(diffusers, timestep):
     assert_close(DDIMScheduler(SD15).add_noise(SAMPLE, NOISES[0], timestep), theirs.numpy())
 
 
+@pytest.mark.reference
 def test_live_trailing_overshoot(diffusers):
     # the one deliberate difference: diffusers' 62nd timestep -1 for N=61 is dropped
     config = {**SD15, "timestep_spacing": "trailing"}

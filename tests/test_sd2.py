@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import minisd
-from helpers import require_reference
+from helpers import relative_error, require_reference
 from minisd.backend import Backend
 from minisd.tokenizer import CLIPTokenizer
 from minisd.weights import load_component
@@ -29,10 +29,11 @@ from reference import (  # noqa: E402
     TINY_VAE,
     build_models,
     reference_pipeline,
-    relative_error,
     save_model_folder,
     to_numpy,
 )
+
+pytestmark = pytest.mark.reference
 
 TOLERANCE = 1e-5
 PROMPTS = ["a photograph of an astronaut riding a horse!", "", "A red circle, on a WHITE background"]

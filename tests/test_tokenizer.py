@@ -120,6 +120,7 @@ def transformers():
     return pytest.importorskip("transformers", reason=reason)
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("pad", ["<|endoftext|>", "!"])
 def test_live_parity_with_transformers(transformers, tokenizer, tmp_path, pad):
     folder = model_folder(tokenizer, tmp_path, pad)
@@ -130,6 +131,7 @@ def test_live_parity_with_transformers(transformers, tokenizer, tmp_path, pad):
     assert ours.encode(PROMPTS).tolist() == expected
 
 
+@pytest.mark.reference
 def test_live_truncated_words(transformers, tokenizer, tmp_path):
     tokenizer.save(tmp_path)
     reference = transformers.CLIPTokenizer.from_pretrained(tmp_path)
@@ -138,6 +140,7 @@ def test_live_truncated_words(transformers, tokenizer, tmp_path):
         assert tokenizer.truncated_words(prompt) == dropped
 
 
+@pytest.mark.reference
 def test_live_reads_transformers_saved_folder(transformers, tokenizer, tmp_path):
     tokenizer.save(tmp_path / "files")
     reference = transformers.CLIPTokenizer.from_pretrained(tmp_path / "files", pad_token="!")

@@ -1,5 +1,5 @@
 """Does CuPy's CUDA graph capture serve minisd's UNet step? A probe for the GPU speed issue (#8),
-run by tests/gpu_check.sh on a lent GPU; it changes nothing in minisd.
+run by tests/scripts/gpu_check.sh on a lent GPU; it changes nothing in minisd.
 
 A CUDA graph records every kernel of one UNet step once and replays them with one launch,
 removing Python's per-kernel cost. It can serve only if the step makes no host round trip and
