@@ -17,10 +17,10 @@
 # %%
 import textwrap
 
-import common
 import matplotlib.pyplot as plt
 from matplotlib.patches import FancyBboxPatch
 
+import common
 from minisd.pipeline import to_pil
 
 args = common.options("Chapter 1: the three components, the tensors between them, their times")
@@ -91,11 +91,17 @@ ax.text(0.065, 0.45, "prompt:\n" + textwrap.fill(f'"{prompt}"', 20), ha="center"
 arrow(ax, 0.125, 0.19, f"token ids\n{tuple(shapes['token ids'])}")
 box(ax, 0.19, 0.14, "Text encoder", f"CLIP text transformer\n{times['text encoder'] * 1000:.0f} ms")
 arrow(ax, 0.33, 0.42, f"token\nembeddings\n{tuple(shapes['token embeddings'])}")
-box(ax, 0.42, 0.24, "Image information creator",
-    f"UNet + scheduler, {steps} steps\n{times['image information creator']:.2f} s")  # fmt: skip
+box(
+    ax,
+    0.42,
+    0.24,
+    "Image information creator",
+    f"UNet + scheduler, {steps} steps\n{times['image information creator']:.2f} s",
+)
 image_axes(fig, 0.437, 0.17, 0.36, common.channel_mosaic(first_latents[0]), "latents after step 1", cmap="gray")
-image_axes(fig, 0.557, 0.17, 0.36, common.channel_mosaic(common.host(pipe, latents)[0]),
-           f"after step {steps}", cmap="gray")  # fmt: skip
+image_axes(
+    fig, 0.557, 0.17, 0.36, common.channel_mosaic(common.host(pipe, latents)[0]), f"after step {steps}", cmap="gray"
+)
 ax.text(0.54, 0.13, "(the 4 latent channels tiled 2 × 2)", ha="center", va="bottom", fontsize=7)
 arrow(ax, 0.66, 0.74, f"latents\n{tuple(shapes['latents'])}")
 box(ax, 0.74, 0.12, "Image decoder", f"autoencoder's decoder\n{times['image decoder'] * 1000:.0f} ms")
@@ -103,8 +109,13 @@ arrow(ax, 0.86, 0.885, "")
 image_axes(fig, 0.888, 0.3, 0.3, common.pixels(picture), f"image\n{tuple(shapes['image'])}")
 common.save_figure(fig, args, "01_components")
 
-common.save_facts(args, "01_components", {
-    "prompt": prompt, "steps": steps,
-    "shapes": {name: list(shape) for name, shape in shapes.items()},
-    "seconds": times,
-})  # fmt: skip
+common.save_facts(
+    args,
+    "01_components",
+    {
+        "prompt": prompt,
+        "steps": steps,
+        "shapes": {name: list(shape) for name, shape in shapes.items()},
+        "seconds": times,
+    },
+)

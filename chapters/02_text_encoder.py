@@ -16,9 +16,10 @@
 # whole prompt: CLIP uses it as the prompt's summary. We compare prompts through it.
 
 # %%
-import common
 import matplotlib.pyplot as plt
 import numpy as np
+
+import common
 
 args = common.options("Chapter 2: prompt -> tokens -> ids -> one vector per token; prompts compared")
 pipe = common.load_model(args)
@@ -53,8 +54,9 @@ image = ax.imshow(vectors[0, :shown], aspect="auto", cmap="RdBu_r", vmin=-limit,
 ax.set_yticks(range(shown), [f"{label}  (id {i})" for label, i in zip(labels, ids[0, :shown])])
 ax.set_xlabel(f"dimension of the token's vector (0 … {vectors.shape[2] - 1})")
 ax.set_ylabel("token (BPE piece and its id)")
-ax.set_title(f'"{prompt}": one {vectors.shape[2]}-number vector per token '
-             f"(first {shown} of the 77 rows the UNet receives)")  # fmt: skip
+ax.set_title(
+    f'"{prompt}": one {vectors.shape[2]}-number vector per token (first {shown} of the 77 rows the UNet receives)'
+)
 fig.colorbar(image, ax=ax, label="value")
 common.save_figure(fig, args, "02_tokens")
 
@@ -88,7 +90,14 @@ ax.set_title("Cosine similarity of the prompts' end-of-text vectors\n(prompt / b
 fig.colorbar(image, ax=ax, label="cosine similarity")
 common.save_figure(fig, args, "02_similarity")
 
-common.save_facts(args, "02_text_encoder", {
-    "prompt": prompt, "pieces": pieces, "ids": ids[0].tolist(),
-    "prompts": prompts, "similarity": similarity.tolist(),
-})  # fmt: skip
+common.save_facts(
+    args,
+    "02_text_encoder",
+    {
+        "prompt": prompt,
+        "pieces": pieces,
+        "ids": ids[0].tolist(),
+        "prompts": prompts,
+        "similarity": similarity.tolist(),
+    },
+)

@@ -12,9 +12,10 @@
 # latents and the UNet's prediction) after every step, so we can watch without copying the loop.
 
 # %%
-import common
 import matplotlib.pyplot as plt
 import numpy as np
+
+import common
 
 args = common.options("Chapter 3: the latents of every denoising step, decoded")
 pipe = common.load_model(args)
@@ -56,6 +57,14 @@ ax.set_xticks(range(1, len(frames) + 1))
 ax.grid(alpha=0.3)
 common.save_figure(fig, args, "03_diffusion_steps")
 
-common.save_facts(args, "03_diffusion_steps", {
-    "prompt": prompt, "steps": steps, "seed": seed, "timesteps": timesteps, "distances": distances,
-})  # fmt: skip
+common.save_facts(
+    args,
+    "03_diffusion_steps",
+    {
+        "prompt": prompt,
+        "steps": steps,
+        "seed": seed,
+        "timesteps": timesteps,
+        "distances": distances,
+    },
+)

@@ -17,10 +17,10 @@
 # UNet sees. Then we ask the trained UNet for the noise it thinks was added, and compare.
 
 # %%
-import common
 import matplotlib.pyplot as plt
 import numpy as np
 
+import common
 from minisd.schedulers import make_scheduler
 from minisd.schedulers.schedule import predict_x0_and_noise
 
@@ -70,12 +70,19 @@ predictions = [predicted_noise(noisy, t, text) for noisy, t in zip(noisy_latents
 # %%
 # Figure 1: the training examples, the noise the UNet must find in them, and what it finds
 fig, axes = plt.subplots(5, len(levels), figsize=(12, 12.5), layout="constrained")
-rows = ["picture + noise\n(pixels)", "latents + noise\n(what the UNet sees)", "noise to find\n(the truth)",
-        "noise the UNet\npredicts", "prediction error\n(predicted − truth)"]  # fmt: skip
+rows = [
+    "picture + noise\n(pixels)",
+    "latents + noise\n(what the UNet sees)",
+    "noise to find\n(the truth)",
+    "noise the UNet\npredicts",
+    "prediction error\n(predicted − truth)",
+]
 for column, t in enumerate(levels):
     axes[0, column].imshow((noisy_pixels[column].clip(-1, 1) + 1) / 2)
-    axes[0, column].set_title(f"level {column}: t = {t}\nsqrt(ᾱ) = {np.sqrt(alpha_bar[t]):.2f}, "
-                              f"noise × {np.sqrt(1 - alpha_bar[t]):.2f}", fontsize=9)  # fmt: skip
+    axes[0, column].set_title(
+        f"level {column}: t = {t}\nsqrt(ᾱ) = {np.sqrt(alpha_bar[t]):.2f}, noise × {np.sqrt(1 - alpha_bar[t]):.2f}",
+        fontsize=9,
+    )
     latent_panels = [noisy_latents[column], latent_noise, predictions[column], predictions[column] - latent_noise]
     for row, panel in enumerate(latent_panels, start=1):
         shown = axes[row, column].imshow(common.channel_mosaic(panel[0]), cmap="RdBu_r", vmin=-3, vmax=3)
@@ -134,7 +141,14 @@ common.save_figure(fig, args, "04_noise_prediction_error")
 # the last level is pure noise: the noise *is* the input, and the error is exactly 0.)
 
 # %%
-common.save_facts(args, "04_training_examples", {
-    "levels": levels.tolist(), "alpha_bar": alpha_bar[levels].tolist(), "added_noise_std": added_std,
-    "timesteps": timesteps.tolist(), "errors": errors,
-})  # fmt: skip
+common.save_facts(
+    args,
+    "04_training_examples",
+    {
+        "levels": levels.tolist(),
+        "alpha_bar": alpha_bar[levels].tolist(),
+        "added_noise_std": added_std,
+        "timesteps": timesteps.tolist(),
+        "errors": errors,
+    },
+)

@@ -14,9 +14,10 @@
 # smaller the latents are and how faithful the round trip is (PSNR, in decibels: higher is closer).
 
 # %%
-import common
 import matplotlib.pyplot as plt
 import numpy as np
+
+import common
 
 args = common.options("Chapter 5: the autoencoder's latents, the compression factor, the round trip's PSNR")
 pipe = common.load_model(args)
@@ -62,11 +63,20 @@ for ax in axes.flat:
     ax.set_yticks([])
 fig.colorbar(shown, ax=axes[:, 4], shrink=0.8, label="latent value")
 (h, w), (H, W) = latents[0].shape[1:], originals[0].shape[:2]
-fig.suptitle(f"The autoencoder: a {H}×{W}×3 picture becomes 4×{h}×{w} latents ({compression:.0f}× fewer numbers); "
-             "the decoder paints it back")  # fmt: skip
+fig.suptitle(
+    f"The autoencoder: a {H}×{W}×3 picture becomes 4×{h}×{w} latents ({compression:.0f}× fewer numbers); "
+    "the decoder paints it back"
+)
 common.save_figure(fig, args, "05_latent_space")
 
-common.save_facts(args, "05_latent_space", {
-    "combinations": combinations, "compression": compression, "psnr_db": psnrs,
-    "picture_shape": list(originals[0].shape), "latent_shape": list(latents[0].shape),
-})  # fmt: skip
+common.save_facts(
+    args,
+    "05_latent_space",
+    {
+        "combinations": combinations,
+        "compression": compression,
+        "psnr_db": psnrs,
+        "picture_shape": list(originals[0].shape),
+        "latent_shape": list(latents[0].shape),
+    },
+)

@@ -17,27 +17,36 @@
 # %%
 from pathlib import Path
 
-import common
 import matplotlib.pyplot as plt
 import numpy as np
 
+import common
 import minisd
 from minisd.clip_image import load_clip
 
 args = common.options("Chapter 6: CLIP's contrastive objective on the embedded model's two towers")
 folder = args.weights or minisd.default_model_folder()
 if not (Path(folder) / "clip" / "model.safetensors").is_file():
-    print(f"{folder} has no CLIP image tower (Stable Diffusion keeps only the text encoder): "
-          "this chapter uses the embedded model, which ships both")  # fmt: skip
+    print(
+        f"{folder} has no CLIP image tower (Stable Diffusion keeps only the text encoder): "
+        "this chapter uses the embedded model, which ships both"
+    )
     args.weights = minisd.default_model_folder()
 pipe = common.load_model(args)
 clip = load_clip(args.weights or minisd.default_model_folder(), pipe.backend)
 
 # %%
 # 1. A batch of pictures and their captions (fresh pictures: seeds the training never drew)
-combinations = [("red", "circle", "white"), ("red", "circle", "black"), ("red", "square", "white"),
-                ("blue", "circle", "white"), ("green", "triangle", "gray"), ("yellow", "square", "black"),
-                ("purple", "triangle", "white"), ("orange", "circle", "gray")]  # fmt: skip
+combinations = [
+    ("red", "circle", "white"),
+    ("red", "circle", "black"),
+    ("red", "square", "white"),
+    ("blue", "circle", "white"),
+    ("green", "triangle", "gray"),
+    ("yellow", "square", "black"),
+    ("purple", "triangle", "white"),
+    ("orange", "circle", "gray"),
+]
 captions = [common.shapes.caption(*combination) for combination in combinations]
 images = [common.picture(*c, 64, seed=1000 + i) for i, c in enumerate(combinations)]  # the tower's 64×64 pictures
 batch = np.stack([common.pixels(image) for image in images]).transpose(0, 3, 1, 2) * 2 - 1  # (N, 3, 64, 64)
@@ -73,8 +82,10 @@ loss_image_to_text = cross_entropy(logits)  # each picture picks its caption amo
 loss_text_to_image = cross_entropy(logits.T)  # each caption picks its picture among N
 loss = (loss_image_to_text + loss_text_to_image) / 2  # CLIP's loss
 chance = np.log(len(captions))  # the loss of a model that cannot tell: uniform choices
-print(f"temperature scale {clip.scale:.1f}; loss picture->caption {loss_image_to_text:.3f}, "
-      f"caption->picture {loss_text_to_image:.3f}, CLIP loss {loss:.3f} (chance: {chance:.3f})")  # fmt: skip
+print(
+    f"temperature scale {clip.scale:.1f}; loss picture->caption {loss_image_to_text:.3f}, "
+    f"caption->picture {loss_text_to_image:.3f}, CLIP loss {loss:.3f} (chance: {chance:.3f})"
+)
 print("each picture's best caption is its own:", (similarity.argmax(axis=1) == np.arange(len(captions))).tolist())
 
 # %%
@@ -89,8 +100,15 @@ for ax, values, title, colours in (
 ):
     shown = ax.imshow(values, cmap=colours, vmin=min(0, values.min()), vmax=1)
     for (i, j), value in np.ndenumerate(values):
-        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
-                color="white" if (value < 0.5) == (colours == "viridis") else "black")  # fmt: skip
+        ax.text(
+            j,
+            i,
+            f"{value:.2f}",
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="white" if (value < 0.5) == (colours == "viridis") else "black",
+        )
     for i, image in enumerate(images):  # the pictures, left of their rows
         ax.imshow(common.pixels(image), extent=(-1.45, -0.55, i + 0.45, i - 0.45))
     ax.set_xlim(-1.5, len(captions) - 0.5)
@@ -99,12 +117,21 @@ for ax, values, title, colours in (
     ax.set_yticks([])
     ax.set_title(title)
     fig.colorbar(shown, ax=ax, shrink=0.7)
-fig.suptitle(f"A trained CLIP: matching pairs on the diagonal, negatives elsewhere.\nLoss picture→caption "
-             f"{loss_image_to_text:.3f}, caption→picture {loss_text_to_image:.3f} (chance: ln {len(captions)} = "
-             f"{chance:.2f})")  # fmt: skip
+fig.suptitle(
+    f"A trained CLIP: matching pairs on the diagonal, negatives elsewhere.\nLoss picture→caption "
+    f"{loss_image_to_text:.3f}, caption→picture {loss_text_to_image:.3f} (chance: ln {len(captions)} = "
+    f"{chance:.2f})"
+)
 common.save_figure(fig, args, "06_clip_similarity")
 
-common.save_facts(args, "06_clip_training", {
-    "captions": captions, "similarity": similarity.tolist(), "scale": clip.scale,
-    "loss_image_to_text": loss_image_to_text, "loss_text_to_image": loss_text_to_image,
-})  # fmt: skip
+common.save_facts(
+    args,
+    "06_clip_training",
+    {
+        "captions": captions,
+        "similarity": similarity.tolist(),
+        "scale": clip.scale,
+        "loss_image_to_text": loss_image_to_text,
+        "loss_text_to_image": loss_text_to_image,
+    },
+)

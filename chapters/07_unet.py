@@ -24,11 +24,11 @@ import itertools
 import re
 from dataclasses import dataclass
 
-import common
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import FancyArrowPatch, Rectangle
 
+import common
 from minisd.module import forward_hooks
 from minisd.nn import attention_weights
 from minisd.unet import timestep_embedding
@@ -51,8 +51,13 @@ class Layer:
     output: tuple  # shape of its output
 
 
-KINDS = {"ResnetBlock2D": "ResNet", "Transformer2DModel": "Attention", "Downsample2D": "Downsample",
-         "Upsample2D": "Upsample", "TimestepEmbedding": "time embedding"}  # fmt: skip
+KINDS = {
+    "ResnetBlock2D": "ResNet",
+    "Transformer2DModel": "Attention",
+    "Downsample2D": "Downsample",
+    "Upsample2D": "Upsample",
+    "TimestepEmbedding": "time embedding",
+}
 SHOWN = re.compile(r"conv_in|conv_out|time_embedding|mid_block\.\w+\.\d|(down|up)_blocks\.\d+\.\w+\.\d+")
 layers = []
 
@@ -106,16 +111,40 @@ def draw_unet(layers, skips):
         depth = np.log2(top / layer.output[2])  # 0 at full size, 1 at half size, ...
         place[layer.key] = (x, -depth)
         ax.add_patch(Rectangle((x - 0.4, -depth - 0.25), 0.8, 0.5, fc=colours.get(layer.kind, "#dddddd"), ec="k"))
-        ax.text(x, -depth, layer.kind.replace("sample", "").replace("Attention", "Attn").replace("conv_", ""),
-                ha="center", va="center", fontsize=7, rotation=90)  # fmt: skip
-        ax.text(x, -depth - 0.3, f"{layer.output[1]}×{layer.output[2]}×{layer.output[3]}", ha="center", va="top",
-                fontsize=6, rotation=90)  # fmt: skip
+        ax.text(
+            x,
+            -depth,
+            layer.kind.replace("sample", "").replace("Attention", "Attn").replace("conv_", ""),
+            ha="center",
+            va="center",
+            fontsize=7,
+            rotation=90,
+        )
+        ax.text(
+            x,
+            -depth - 0.3,
+            f"{layer.output[1]}×{layer.output[2]}×{layer.output[3]}",
+            ha="center",
+            va="top",
+            fontsize=6,
+            rotation=90,
+        )
     for a, b in itertools.pairwise(path):  # the data's path from layer to layer
         ax.annotate("", place[b.key], place[a.key], arrowprops={"arrowstyle": "-", "color": "0.4", "lw": 0.8})
     for taken, kept in skips.items():
         (x0, y0), (x1, y1) = place[kept.key], place[taken]
-        ax.add_patch(FancyArrowPatch((x0, y0 + 0.25), (x1, y1 + 0.25), connectionstyle="arc3,rad=-0.25",
-                                     arrowstyle="-|>", mutation_scale=8, color="tab:purple", lw=0.8, alpha=0.7))  # fmt: skip
+        ax.add_patch(
+            FancyArrowPatch(
+                (x0, y0 + 0.25),
+                (x1, y1 + 0.25),
+                connectionstyle="arc3,rad=-0.25",
+                arrowstyle="-|>",
+                mutation_scale=8,
+                color="tab:purple",
+                lw=0.8,
+                alpha=0.7,
+            )
+        )
     depths = [y for _, y in place.values()]
     ax.set_xlim(-1, len(path))
     ax.set_ylim(min(depths) - 0.9, 1.6)
@@ -126,9 +155,11 @@ def draw_unet(layers, skips):
     for spine in ("top", "right", "bottom"):
         ax.spines[spine].set_visible(False)
     time = next(layer for layer in layers if layer.kind == "time embedding")
-    ax.set_title(f"The UNet noise predictor: {len(path)} layers; purple arcs: skip connections.\n"
-                 f"Time embedding {time.output[1]} numbers, added in every ResNet; text {tuple(text.shape[1:])}, "
-                 "read by every Attn (cross-attention)")  # fmt: skip
+    ax.set_title(
+        f"The UNet noise predictor: {len(path)} layers; purple arcs: skip connections.\n"
+        f"Time embedding {time.output[1]} numbers, added in every ResNet; text {tuple(text.shape[1:])}, "
+        "read by every Attn (cross-attention)"
+    )
     return fig
 
 
@@ -183,9 +214,8 @@ def record_cross_attention(key, module, inputs, output):
 
 
 with forward_hooks(unet, record_cross_attention):
-    for step in pipe.denoise(prompt, steps=steps, seed=0):
-        pass
-final = common.pixels(pipe.decode(step.latents))
+    *_, last = pipe.denoise(prompt, steps=steps, seed=0)  # every step runs; the hook records each
+final = common.pixels(pipe.decode(last.latents))
 
 
 def to_latent_grid(weights, height, width):
@@ -195,7 +225,7 @@ def to_latent_grid(weights, height, width):
     return grid.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
-height, width = step.latents.shape[2:]
+height, width = last.latents.shape[2:]
 average = np.mean([to_latent_grid(weights, height, width) for weights in maps], axis=0)  # (h, w, 77)
 words = [piece.replace("</w>", "") for piece in pipe.tokenizer.tokenize(prompt)]
 end = len(words) + 1  # positions: 0 start, 1 … len(words) the words, then the end token and the padding
@@ -210,18 +240,31 @@ axes[0].imshow(final)
 axes[0].set_title("picture", fontsize=9)
 for ax, heat, token in zip(axes[1:], heats, tokens):
     ax.imshow(final, alpha=0.35)
-    ax.imshow(heat, cmap="inferno", alpha=0.75, extent=(-0.5, final.shape[1] - 0.5, final.shape[0] - 0.5, -0.5),
-              interpolation="bilinear")  # fmt: skip
+    ax.imshow(
+        heat,
+        cmap="inferno",
+        alpha=0.75,
+        extent=(-0.5, final.shape[1] - 0.5, final.shape[0] - 0.5, -0.5),
+        interpolation="bilinear",
+    )
     ax.set_title(f"{token}\n{heat.mean():.0%} of attention", fontsize=8)
 for ax in axes:
     ax.set_axis_off()
-fig.suptitle(f"Cross-attention: where each token of \"{prompt}\" is looked at "
-             f"({len(maps)} layer calls averaged; each map scaled to its own range)", fontsize=10)  # fmt: skip
+fig.suptitle(
+    f'Cross-attention: where each token of "{prompt}" is looked at '
+    f"({len(maps)} layer calls averaged; each map scaled to its own range)",
+    fontsize=10,
+)
 common.save_figure(fig, args, "07_cross_attention")
 
-common.save_facts(args, "07_unet", {
-    "layers": [[layer.key, layer.kind, list(layer.input), list(layer.output)] for layer in layers],
-    "skips": {taken: kept.key for taken, kept in skips.items()},
-    "tokens": tokens, "attention_per_token": [float(heat.mean()) for heat in heats],
-    "attention_total": float(average.sum(axis=-1).mean()),
-})  # fmt: skip
+common.save_facts(
+    args,
+    "07_unet",
+    {
+        "layers": [[layer.key, layer.kind, list(layer.input), list(layer.output)] for layer in layers],
+        "skips": {taken: kept.key for taken, kept in skips.items()},
+        "tokens": tokens,
+        "attention_per_token": [float(heat.mean()) for heat in heats],
+        "attention_total": float(average.sum(axis=-1).mean()),
+    },
+)

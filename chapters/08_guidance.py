@@ -16,9 +16,10 @@
 # we ask for purple and give a blue shape as the negative prompt. Watch the colour in both rows.
 
 # %%
-import common
 import matplotlib.pyplot as plt
 import numpy as np
+
+import common
 
 args = common.options("Chapter 8: one seed at several guidance scales, with and without a negative prompt")
 pipe = common.load_model(args)
@@ -50,7 +51,7 @@ for name, values in changes.items():
 fig = plt.figure(figsize=(12, 5.4), layout="constrained")
 grid, plot = fig.subfigures(1, 2, width_ratios=[2.1, 1])
 axes = grid.subplots(2, len(scales), squeeze=False)
-for row, (name, images) in enumerate(rows.items()):
+for row, images in enumerate(rows.values()):
     for column, (scale, image) in enumerate(zip(scales, images)):
         axes[row, column].imshow(image)
         axes[row, column].set_xticks([])
@@ -69,7 +70,16 @@ ax.legend(fontsize=8)
 ax.grid(alpha=0.3)
 common.save_figure(fig, args, "08_guidance")
 
-common.save_facts(args, "08_guidance", {
-    "prompt": prompt, "negative": negative, "scales": scales, "steps": steps, "seed": seed,
-    "change_without_negative": changes[""], "change_with_negative": changes[negative],
-})  # fmt: skip
+common.save_facts(
+    args,
+    "08_guidance",
+    {
+        "prompt": prompt,
+        "negative": negative,
+        "scales": scales,
+        "steps": steps,
+        "seed": seed,
+        "change_without_negative": changes[""],
+        "change_with_negative": changes[negative],
+    },
+)

@@ -10,9 +10,10 @@
 # starts from pure noise and ignores the picture. With N steps, it runs int(N · strength) of them.
 
 # %%
-import common
 import matplotlib.pyplot as plt
 import numpy as np
+
+import common
 
 args = common.options("Chapter 9: image to image at several strengths")
 pipe = common.load_model(args)
@@ -63,7 +64,15 @@ ax.set_title("Higher strength, further from the input", fontsize=10)
 ax.grid(alpha=0.3)
 common.save_figure(fig, args, "09_img2img")
 
-common.save_facts(args, "09_img2img", {
-    "prompt": prompt, "strengths": strengths, "steps": steps, "seed": seed,
-    "steps_run": steps_run, "distances": distances,
-})  # fmt: skip
+common.save_facts(
+    args,
+    "09_img2img",
+    {
+        "prompt": prompt,
+        "strengths": strengths,
+        "steps": steps,
+        "seed": seed,
+        "steps_run": steps_run,
+        "distances": distances,
+    },
+)

@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 # The embedded model's world (one coloured shape on a plain background) is drawn by its training
 # data generator: weights/training/shapes.py.
 sys.path.insert(0, str(HERE.parent / "weights" / "training"))
-import shapes
+import shapes  # noqa: E402
 
 DPI = 100  # figure inches × DPI = PNG pixels
 

@@ -1,8 +1,8 @@
 """minisd: Stable Diffusion written out layer by layer, in NumPy (CPU) or CuPy (GPU).
 
-    import minisd
-    pipe = minisd.load("path/to/stable-diffusion-v1-5")   # a diffusers-layout folder
-    image = pipe("a red circle on a white background", steps=25, seed=0)
+import minisd
+pipe = minisd.load("path/to/stable-diffusion-v1-5")   # a diffusers-layout folder
+image = pipe("a red circle on a white background", steps=25, seed=0)
 """
 
 from .backend import Backend

@@ -38,6 +38,7 @@ from .tokenizer import CLIPTokenizer
 CPU_CASES = ("unet32", "unet64", "text", "vae256", "vae512")
 GPU_CASES = ("unet64", "text", "vae512", "generate")
 
+
 def matmul_peak(backend, repeat=5):
     """Best GFLOP/s of a square matrix product in the backend's dtype (its BLAS's peak: on the
     GPU in float16, the tensor cores'), 2048 wide on the CPU, 8192 on the GPU."""
@@ -125,11 +126,14 @@ def vae_case(name, model, backend, reference):
 
 
 def generate_case(name, model, backend, reference):
-    pipe = Pipeline(CLIPTokenizer.default(), model("text")[0], model("unet")[0], model("vae")[0],
-                    SD1["scheduler"], backend)  # fmt: skip
+    pipe = Pipeline(
+        CLIPTokenizer.default(), model("text")[0], model("unet")[0], model("vae")[0], SD1["scheduler"], backend
+    )
     prompt = "a photograph of an astronaut riding a horse"
-    case = Case("whole 512x512 image, 50 steps, guidance 7.5",
-                lambda: pipe(prompt, steps=50, height=512, width=512, progress=False))  # fmt: skip
+    case = Case(
+        "whole 512x512 image, 50 steps, guidance 7.5",
+        lambda: pipe(prompt, steps=50, height=512, width=512, progress=False),
+    )
     if reference:
         theirs = reference.pipeline(model("text")[1], model("unet")[1], model("vae")[1])
         case.theirs = lambda: theirs(prompt, num_inference_steps=50, height=512, width=512)
@@ -166,7 +170,11 @@ class Reference:
             module = TorchText(TorchTextConfig(**SD1["text_encoder"], projection_dim=768))
             weights = {key.removeprefix("text_model."): value for key, value in weights.items()}  # transformers 5: flat
         module.load_state_dict({key: self.torch.from_numpy(value) for key, value in weights.items()})
-        return module.to(self.device).eval() if self.dtype == self.torch.float32 else module.to(self.device, self.dtype).eval()
+        return (
+            module.to(self.device).eval()
+            if self.dtype == self.torch.float32
+            else module.to(self.device, self.dtype).eval()
+        )
 
     def run(self, module, *args):
         with self.torch.no_grad():
@@ -187,9 +195,16 @@ class Reference:
 
         folder = tempfile.mkdtemp()
         CLIPTokenizer.default().save(folder)  # the same vocabulary, for transformers' tokenizer
-        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=TorchTokenizer.from_pretrained(folder),
-                                       unet=unet, scheduler=PNDMScheduler.from_config(SD1["scheduler"]),
-                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)  # fmt: skip
+        pipe = StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=TorchTokenizer.from_pretrained(folder),
+            unet=unet,
+            scheduler=PNDMScheduler.from_config(SD1["scheduler"]),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -207,7 +222,9 @@ class Reference:
 def time_case(case, backend, reference, repeat):
     """Median seconds of minisd and of torch, alternating call by call after a warm-up of each."""
     synchronize = _synchronizer(backend)
-    runs = [("ours", case.ours, synchronize)] + ([("theirs", case.theirs, reference.synchronize)] if case.theirs else [])
+    runs = [("ours", case.ours, synchronize)] + (
+        [("theirs", case.theirs, reference.synchronize)] if case.theirs else []
+    )
     times = {name: [] for name, _, _ in runs}
     for attempt in range(repeat + 1):
         for name, run, sync in runs:
@@ -236,8 +253,10 @@ def run_benchmarks(args, backend):
         print("torch/diffusers not installed: minisd only (pip install 'minisd[reference]' for the comparison)")
     peak = matmul_peak(backend)
     threads = f", {reference.torch.get_num_threads()} torch threads" if reference and backend.name == "numpy" else ""
-    print(f"minisd {backend} vs {reference.name if reference else '-'}{threads}; "
-          f"median of {args.repeat}; {backend.dtype} matrix-product peak {peak:.0f} GFLOP/s")  # fmt: skip
+    print(
+        f"minisd {backend} vs {reference.name if reference else '-'}{threads}; "
+        f"median of {args.repeat}; {backend.dtype} matrix-product peak {peak:.0f} GFLOP/s"
+    )
     if backend.name == "cupy":  # first: quick, and a cut-short GPU run still has it
         for head_dim in (40, 64):
             print("  " + bench_attention(backend, head_dim), flush=True)
@@ -247,9 +266,13 @@ def run_benchmarks(args, backend):
         seconds = time_case(case, backend, reference, args.repeat)
         ours, theirs = seconds["ours"], seconds.get("theirs")
         rate = flops[0] / ours / 1e9
-        line = f"  {case.title:48s} minisd {ours * 1e3:9.1f} ms {rate:7.0f} GFLOP/s ({100 * rate / peak:4.1f} % of peak)"
+        line = (
+            f"  {case.title:48s} minisd {ours * 1e3:9.1f} ms {rate:7.0f} GFLOP/s ({100 * rate / peak:4.1f} % of peak)"
+        )
         if theirs:
-            line += f" | torch {theirs * 1e3:9.1f} ms {flops[0] / theirs / 1e9:7.0f} GFLOP/s | ratio {ours / theirs:.2f}"
+            line += (
+                f" | torch {theirs * 1e3:9.1f} ms {flops[0] / theirs / 1e9:7.0f} GFLOP/s | ratio {ours / theirs:.2f}"
+            )
         memory = device_memory(backend, reference)
         if memory[0]:
             line += f" | device memory minisd {memory[0] / 2**30:.2f} GiB"
@@ -271,22 +294,28 @@ def bench_attention(backend, head_dim, tokens=4096, width=320, repeat=10):
         import torch
 
         dtype = getattr(torch, backend.dtype.name)
-        qt, kt, vt = (torch.from_numpy(x).to("cuda", dtype).view(2, tokens, heads, head_dim).transpose(1, 2)
-                      for x in (q, k, v))  # fmt: skip
+        qt, kt, vt = (
+            torch.from_numpy(x).to("cuda", dtype).view(2, tokens, heads, head_dim).transpose(1, 2) for x in (q, k, v)
+        )
         case.theirs = lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt)
         reference = Reference(backend)
     except ImportError:
         reference = None
     seconds = time_case(case, backend, reference, repeat)
-    text = f"attention {tokens} tokens, head dim {head_dim}: minisd {seconds['ours'] * 1e3:.2f} ms " \
-           f"({flops / seconds['ours'] / 1e12:.1f} TFLOP/s)"  # fmt: skip
+    text = (
+        f"attention {tokens} tokens, head dim {head_dim}: minisd {seconds['ours'] * 1e3:.2f} ms "
+        f"({flops / seconds['ours'] / 1e12:.1f} TFLOP/s)"
+    )
     if "theirs" in seconds:
-        text += f", torch SDPA {seconds['theirs'] * 1e3:.2f} ms ({flops / seconds['theirs'] / 1e12:.1f} TFLOP/s), " \
-                f"ratio {seconds['ours'] / seconds['theirs']:.2f}"  # fmt: skip
+        text += (
+            f", torch SDPA {seconds['theirs'] * 1e3:.2f} ms ({flops / seconds['theirs'] / 1e12:.1f} TFLOP/s), "
+            f"ratio {seconds['ours'] / seconds['theirs']:.2f}"
+        )
     if backend.dtype == numpy.float16 and cuda.has_tensor_cores():
         plain = Case("attention", lambda: cuda.attention(qd, kd, vd, heads, tensor_cores=False))
         plain_seconds = time_case(plain, backend, None, repeat)["ours"]
-        text += f"; on CUDA cores (kernels/attention.cu) {plain_seconds * 1e3:.2f} ms ({flops / plain_seconds / 1e12:.1f} TFLOP/s)"
+        rate = flops / plain_seconds / 1e12
+        text += f"; on CUDA cores (kernels/attention.cu) {plain_seconds * 1e3:.2f} ms ({rate:.1f} TFLOP/s)"
     return text
 
 
@@ -302,15 +331,22 @@ MEMORY_CASES = {
 def measure_memory(name, backend):
     """Run one memory case in this (fresh) process; print {"seconds", "peak_rss_gb"} as JSON."""
     if name == "generate":
-        pipe = Pipeline(CLIPTokenizer.default(), build("text", backend, None)[0], build("unet", backend, None)[0],
-                        build("vae", backend, None)[0], SD1["scheduler"], backend)  # fmt: skip
+        pipe = Pipeline(
+            CLIPTokenizer.default(),
+            build("text", backend, None)[0],
+            build("unet", backend, None)[0],
+            build("vae", backend, None)[0],
+            SD1["scheduler"],
+            backend,
+        )
         start = time.perf_counter()
         pipe("a photograph of an astronaut riding a horse", steps=20, height=512, width=512, progress=False)
     else:
         vae = build("vae", backend, None)[0]
         start = time.perf_counter()
-        vae.decode(backend.asarray(numpy.random.default_rng(3).standard_normal((1, 4, 128, 128), dtype="float32")),
-                   tiled=True)  # fmt: skip
+        vae.decode(
+            backend.asarray(numpy.random.default_rng(3).standard_normal((1, 4, 128, 128), dtype="float32")), tiled=True
+        )
     print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss_gb": peak_rss() / 1e9}))
 
 
@@ -327,8 +363,19 @@ def peak_rss():
 def run_memory(backend):
     print(f"peak RSS, each case in a fresh process ({backend}, random SD 1.5 weights):")
     for name, title in MEMORY_CASES.items():
-        command = [sys.executable, "-m", "minisd.bench", "--backend", backend.name, "--dtype", backend.dtype.name,
-                   "--weights-dtype", backend.weights_dtype.name, "--memory-case", name]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "minisd.bench",
+            "--backend",
+            backend.name,
+            "--dtype",
+            backend.dtype.name,
+            "--weights-dtype",
+            backend.weights_dtype.name,
+            "--memory-case",
+            name,
+        ]
         run = subprocess.run(command, capture_output=True, text=True, check=True)
         report = json.loads(run.stdout.strip().splitlines()[-1])
         print(f"  {title:70s} {report['peak_rss_gb']:5.2f} GB  ({report['seconds']:.1f} s)", flush=True)
@@ -337,18 +384,28 @@ def run_memory(backend):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
-    parser.add_argument("--dtype", choices=["float32", "float16"], default=None,
-                        help="default: float32 on numpy, float16 on cupy")  # fmt: skip
-    parser.add_argument("--weights-dtype", choices=["float32", "float16"],
-                        help="keep weight matrices in this dtype (default: --dtype); see Backend")
+    parser.add_argument(
+        "--dtype", choices=["float32", "float16"], default=None, help="default: float32 on numpy, float16 on cupy"
+    )
+    parser.add_argument(
+        "--weights-dtype",
+        choices=["float32", "float16"],
+        help="keep weight matrices in this dtype (default: --dtype); see Backend",
+    )
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--cases", help=f"comma-separated (default: {','.join(CPU_CASES)} on numpy, "
-                                        f"{','.join(GPU_CASES)} on cupy)")  # fmt: skip
-    parser.add_argument("--memory", action="store_true", help="also measure peak RSS of a whole generation "
-                                                              "and a tiled 1024x1024 decode, in fresh processes")  # fmt: skip
+    parser.add_argument(
+        "--cases", help=f"comma-separated (default: {','.join(CPU_CASES)} on numpy, {','.join(GPU_CASES)} on cupy)"
+    )
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="also measure peak RSS of a whole generation and a tiled 1024x1024 decode, in fresh processes",
+    )
     parser.add_argument("--memory-case", choices=sorted(MEMORY_CASES), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    backend = Backend(args.backend, args.dtype or ("float16" if args.backend == "cupy" else "float32"), args.weights_dtype)
+    backend = Backend(
+        args.backend, args.dtype or ("float16" if args.backend == "cupy" else "float32"), args.weights_dtype
+    )
     if args.memory_case:
         return measure_memory(args.memory_case, backend)
     args.cases = args.cases or ",".join(GPU_CASES if args.backend == "cupy" else CPU_CASES)

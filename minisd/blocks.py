@@ -104,4 +104,3 @@ class Upsample2D(Module):
     def __call__(self, x, size=None):
         size = size or (2 * x.shape[2], 2 * x.shape[3])
         return self.conv(ops.upsample_nearest(x, size))  # (B, C, 2h, 2w)
-

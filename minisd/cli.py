@@ -17,31 +17,59 @@ def parse_args(argv):
     parser.add_argument("-o", "--output", default="minisd.png", help="PNG file to write (default: minisd.png)")
     parser.add_argument("--negative", default="", help="negative prompt: what to steer away from")
     parser.add_argument("--steps", type=int, help="denoising steps (default: the model's, 50 for SD)")
-    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's, 7.5 for SD)")
+    parser.add_argument(
+        "--guidance", type=float, help="classifier-free guidance scale (default: the model's, 7.5 for SD)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--num-images", type=int, default=1, help="images to make in one batch: NAME-1.png, "
-                        "NAME-2.png, ... (default: 1, written to the -o name itself)")  # fmt: skip
+    parser.add_argument(
+        "--num-images",
+        type=int,
+        default=1,
+        help="images to make in one batch: NAME-1.png, NAME-2.png, ... (default: 1, written to the -o name itself)",
+    )
     parser.add_argument("--size", type=parse_size, help="WxH in pixels, multiples of 8 (default: the model's)")
     parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), help="sampler (default: the model's own)")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0 = deterministic)")
-    parser.add_argument("--clip-skip", type=int, default=0, help="use the text encoder's output this many layers "
-                        "before the last, for the prompt (as diffusers' clip_skip; default: 0)")
-    parser.add_argument("--long-prompt", choices=["truncate", "chunk"], default="truncate",
-                        help="a prompt over 75 tokens: cut it (default, as diffusers) or encode it in 75-token chunks")
-    parser.add_argument("--weights", help="diffusers-layout model folder or single-file .safetensors "
-                        "(see weights/README.md)")
-    parser.add_argument("--config", action="append", type=parse_setting, metavar="KEY=VALUE",
-                        help="single-file checkpoints: correct what detection guesses, e.g. "
-                        "prediction_type=epsilon, image_size=512, family=sd2 (repeatable)")
+    parser.add_argument(
+        "--clip-skip",
+        type=int,
+        default=0,
+        help="use the text encoder's output this many layers "
+        "before the last, for the prompt (as diffusers' clip_skip; default: 0)",
+    )
+    parser.add_argument(
+        "--long-prompt",
+        choices=["truncate", "chunk"],
+        default="truncate",
+        help="a prompt over 75 tokens: cut it (default, as diffusers) or encode it in 75-token chunks",
+    )
+    parser.add_argument(
+        "--weights", help="diffusers-layout model folder or single-file .safetensors (see weights/README.md)"
+    )
+    parser.add_argument(
+        "--config",
+        action="append",
+        type=parse_setting,
+        metavar="KEY=VALUE",
+        help="single-file checkpoints: correct what detection guesses, e.g. "
+        "prediction_type=epsilon, image_size=512, family=sd2 (repeatable)",
+    )
     parser.add_argument("--init-image", help="start from this image (img2img)")
     parser.add_argument("--strength", type=float, default=0.8, help="img2img: how much to change (0, 1]")
-    parser.add_argument("--vae-tiling", action="store_true", help="decode images larger than the model's size "
-                        "in blended tiles (memory of one tile; slightly different pixels)")
+    parser.add_argument(
+        "--vae-tiling",
+        action="store_true",
+        help="decode images larger than the model's size "
+        "in blended tiles (memory of one tile; slightly different pixels)",
+    )
     parser.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float32")
-    parser.add_argument("--weights-dtype", choices=["float32", "float16"],
-                        help="keep the weight matrices in this dtype (default: --dtype); float16 with "
-                        "--dtype float32 halves the weights' memory and computes in float32")
+    parser.add_argument(
+        "--weights-dtype",
+        choices=["float32", "float16"],
+        help="keep the weight matrices in this dtype (default: --dtype); float16 with "
+        "--dtype float32 halves the weights' memory and computes in float32",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
     return parser.parse_args(argv)
 
@@ -103,19 +131,40 @@ def generation_options(args):
     None, for the pipeline to fill from the model's defaults."""
     width, height = args.size or (None, None)
     image = {"image": args.init_image, "strength": args.strength} if args.init_image else {}
-    return dict(negative_prompt=args.negative, steps=args.steps, guidance=args.guidance, seed=args.seed,
-                height=height, width=width, scheduler=args.scheduler, eta=args.eta, clip_skip=args.clip_skip,
-                long_prompt=args.long_prompt, num_images=args.num_images, vae_tiling=args.vae_tiling, **image)  # fmt: skip
+    return dict(
+        negative_prompt=args.negative,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        height=height,
+        width=width,
+        scheduler=args.scheduler,
+        eta=args.eta,
+        clip_skip=args.clip_skip,
+        long_prompt=args.long_prompt,
+        num_images=args.num_images,
+        vae_tiling=args.vae_tiling,
+        **image,
+    )
 
 
 def png_text(args, options, pipe, image, index):
     """The generation parameters, stored in the PNG as text chunks; `index` is the image's place in
     its batch (0-based), recorded when the batch holds several: its noise is that batch's."""
     info = PngInfo()
-    fields = {"prompt": args.prompt, "negative_prompt": options.negative_prompt, "seed": options.seed,
-              "steps": options.steps, "scheduler": options.scheduler, "guidance": options.guidance, "eta": options.eta,
-              "size": f"{image.width}x{image.height}", "model": pipe.name, "backend": f"{args.backend}/{args.dtype}",
-              "software": "minisd"}  # fmt: skip
+    fields = {
+        "prompt": args.prompt,
+        "negative_prompt": options.negative_prompt,
+        "seed": options.seed,
+        "steps": options.steps,
+        "scheduler": options.scheduler,
+        "guidance": options.guidance,
+        "eta": options.eta,
+        "size": f"{image.width}x{image.height}",
+        "model": pipe.name,
+        "backend": f"{args.backend}/{args.dtype}",
+        "software": "minisd",
+    }
     if options.num_images > 1:
         fields.update(num_images=options.num_images, image_index=index + 1)
     if args.weights_dtype:

@@ -7,8 +7,8 @@ this one pre-LayerNorm transformer with a causal mask, read from text_encoder/co
 
 from dataclasses import dataclass
 
-from .backend import array_module
 from . import ops
+from .backend import array_module
 from .layers import Embedding, LayerNorm, Linear, activation
 from .module import Config, Module
 
@@ -38,8 +38,10 @@ class CLIPTextModel(Module):
     def __call__(self, ids, clip_skip=0):
         layers = self.config.num_hidden_layers
         if not isinstance(clip_skip, int) or not 0 <= clip_skip < layers:
-            raise ValueError(f"clip_skip must be an integer from 0 to {layers - 1} (this text encoder has "
-                             f"{layers} layers), got {clip_skip!r}")  # fmt: skip
+            raise ValueError(
+                f"clip_skip must be an integer from 0 to {layers - 1} (this text encoder has "
+                f"{layers} layers), got {clip_skip!r}"
+            )
         return self.text_model(ids, layers - clip_skip)
 
 

@@ -18,8 +18,8 @@ import itertools
 import re
 from pathlib import Path
 
-from .backend import Backend, array_module
 from . import ops
+from .backend import Backend, array_module
 from .layers import Conv2d, Linear
 from .module import Module, Param
 from .weights import WeightsError, load_module, read_safetensors

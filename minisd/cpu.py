@@ -113,8 +113,9 @@ def im2col(x, kh, kw, stride, out_h, out_w):
     """nn.im2col with channels first: (C, [B,] H, W) padded -> (C·kh·kw, [B·]out_h·out_w), the
     layout whose product with the kernel comes out channels first, with no transpose."""
     xp = array_module(x)
-    taps = [x[..., i : i + stride * out_h : stride, j : j + stride * out_w : stride]
-            for i in range(kh) for j in range(kw)]  # fmt: skip
+    taps = [
+        x[..., i : i + stride * out_h : stride, j : j + stride * out_w : stride] for i in range(kh) for j in range(kw)
+    ]
     return xp.stack(taps, axis=1).reshape(x.shape[0] * kh * kw, -1)  # (C, kh·kw, [B,] H', W') flattened
 
 

@@ -2,9 +2,10 @@
 
 The GPU floor, beside cpu.py: only hot spots that earn it get a kernel, and each function here
 computes exactly what the function of the same name in nn.py computes (that code stays the
-readable reference, and the tests compare the two); ops.py decides when it runs. The .cu sources ship inside the package as `minisd.kernels`. The launch code below
-takes its array functions from the arrays it is given, so the tests can also run it, and the
-kernels, on NumPy arrays in a CPU emulator of CUDA (tests/cuda_emulator.py).
+readable reference, and the tests compare the two); ops.py decides when it runs. The .cu
+sources ship inside the package as `minisd.kernels`. The launch code below takes its array
+functions from the arrays it is given, so the tests can also run it, and the kernels, on NumPy
+arrays in a CPU emulator of CUDA (tests/cuda_emulator.py).
 """
 
 import functools
@@ -83,9 +84,22 @@ def attention(q, k, v, heads, mask=None, out=None, tensor_cores=None):
         module, name, queries_per_block = "attention", f"{DTYPE_NAMES[q.dtype]}_d{head_dim}", ATTENTION_QUERIES
     kernel = _module(module).get_function(f"attention_{name}")
     grid = (blocks_for(q_len, queries_per_block), batch * heads)
-    kernel(grid, (ATTENTION_THREADS,),
-           (q, k, v, mask, numpy.int32(has_mask), out, numpy.int32(heads), numpy.int32(q_len),
-            numpy.int32(k.shape[1]), numpy.float32(1 / math.sqrt(head_dim))))  # fmt: skip
+    kernel(
+        grid,
+        (ATTENTION_THREADS,),
+        (
+            q,
+            k,
+            v,
+            mask,
+            numpy.int32(has_mask),
+            out,
+            numpy.int32(heads),
+            numpy.int32(q_len),
+            numpy.int32(k.shape[1]),
+            numpy.float32(1 / math.sqrt(head_dim)),
+        ),
+    )
     return out
 
 
@@ -102,9 +116,20 @@ def group_norm(x, num_groups, weight, bias, eps, out=None):
     out = xp.empty_like(x) if out is None else out
     kernel = _module("fused").get_function(f"group_norm_{DTYPE_NAMES[x.dtype]}")
     gamma, beta = (xp.ascontiguousarray(p, dtype=x.dtype) for p in (weight, bias))  # stored so: no copy
-    kernel((batch * num_groups,), (FUSED_THREADS,),
-           (x, gamma, beta, out, numpy.int32(channels), numpy.int32(num_groups), numpy.int32(x[0, 0].size),
-            numpy.float32(eps)))  # fmt: skip
+    kernel(
+        (batch * num_groups,),
+        (FUSED_THREADS,),
+        (
+            x,
+            gamma,
+            beta,
+            out,
+            numpy.int32(channels),
+            numpy.int32(num_groups),
+            numpy.int32(x[0, 0].size),
+            numpy.float32(eps),
+        ),
+    )
     return out
 
 
@@ -130,8 +155,11 @@ def layer_norm(x, weight, bias, eps):
     kernel = _module("fused").get_function(f"layer_norm_{DTYPE_NAMES[x.dtype]}")
     gamma, beta = (xp.ascontiguousarray(p, dtype=x.dtype) for p in (weight, bias))  # stored so: no copy
     rows_per_block = FUSED_THREADS // 32  # a warp per row
-    kernel((blocks_for(rows, rows_per_block),), (FUSED_THREADS,),
-           (x, gamma, beta, out, numpy.int64(rows), numpy.int32(features), numpy.float32(eps)))  # fmt: skip
+    kernel(
+        (blocks_for(rows, rows_per_block),),
+        (FUSED_THREADS,),
+        (x, gamma, beta, out, numpy.int64(rows), numpy.int32(features), numpy.float32(eps)),
+    )
     return out
 
 

@@ -49,15 +49,16 @@ def im2col(x, kh, kw, stride, out_h, out_w):
     Tap (i, j) of every window is the input shifted by (i, j) and read every `stride` pixels.
     """
     xp = array_module(x)
-    taps = [x[:, :, i : i + stride * out_h : stride, j : j + stride * out_w : stride]
-            for i in range(kh) for j in range(kw)]  # each (B, C, H', W')  # fmt: skip
+    taps = [
+        x[:, :, i : i + stride * out_h : stride, j : j + stride * out_w : stride] for i in range(kh) for j in range(kw)
+    ]  # each (B, C, H', W')
     return xp.stack(taps, axis=2).reshape(x.shape[0], -1, out_h * out_w)  # (B, C, kh·kw, H', W') flattened
 
 
 def group_norm(x, num_groups, weight, bias, eps):
     """GroupNorm: each group of channels normalised over (its channels, H, W), then γ·x̂ + β per channel.
 
-        x̂ = (x − mean) / √(var + eps)
+    x̂ = (x − mean) / √(var + eps)
     """
     batch, channels = x.shape[:2]
     groups = x.reshape(batch, num_groups, -1).astype("float32")  # (B, G, C/G·H·W)

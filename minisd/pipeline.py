@@ -94,8 +94,10 @@ def load(path, backend="numpy", dtype="float32", config=None, weights_dtype=None
         parts = read_single_file(path, backend, _vae_backend(backend, force_upcast=True), config)
         return Pipeline(**parts, fast=fast)
     if config is not None:
-        raise ValueError("config= overrides the detection of a single-file checkpoint; a model folder "
-                         "carries its own config.json files")  # fmt: skip
+        raise ValueError(
+            "config= overrides the detection of a single-file checkpoint; a model folder "
+            "carries its own config.json files"
+        )
     return Pipeline.from_folder(path, backend, fast)
 
 
@@ -114,8 +116,19 @@ def randn(generator, shape):
 
 
 class Pipeline:
-    def __init__(self, tokenizer, text_encoder, unet, vae, scheduler_config, backend, name="model",
-                 vae_backend=None, defaults=None, fast=True):  # fmt: skip
+    def __init__(
+        self,
+        tokenizer,
+        text_encoder,
+        unet,
+        vae,
+        scheduler_config,
+        backend,
+        name="model",
+        vae_backend=None,
+        defaults=None,
+        fast=True,
+    ):
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.unet = unet
@@ -127,8 +140,13 @@ class Pipeline:
         self.fast = fast  # False: the plain equations of nn.py only
         self.vae_scale_factor = vae.scale_factor  # 8 in SD
         # what an option left at None means: the model folder's minisd.json, else SD's usual values
-        self.defaults = {"steps": 50, "guidance": 7.5, "height": self.default_size,
-                         "width": self.default_size, **(defaults or {})}  # fmt: skip
+        self.defaults = {
+            "steps": 50,
+            "guidance": 7.5,
+            "height": self.default_size,
+            "width": self.default_size,
+            **(defaults or {}),
+        }
 
     @classmethod
     def from_folder(cls, path, backend, fast=True):
@@ -197,8 +215,9 @@ class Pipeline:
         scheduler = make_scheduler(options.scheduler, self.scheduler_config)
         scheduler.set_timesteps(options.steps)
         generator = TorchGenerator(options.seed)
-        context = self.encode_prompt(prompt, options.negative_prompt, options.guidance, options.clip_skip,
-                                     options.long_prompt)  # fmt: skip
+        context = self.encode_prompt(
+            prompt, options.negative_prompt, options.guidance, options.clip_skip, options.long_prompt
+        )
         context = self.backend.xp.repeat(context, options.num_images, axis=0)  # ([N negatives;] N prompts, 77, D)
         if options.image is None:
             timesteps = scheduler.timesteps
@@ -304,8 +323,10 @@ class Pipeline:
         if options.latents is None:
             return self.backend.asarray(randn(generator, shape), dtype="float32")
         if tuple(options.latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape} for a {options.width}x{options.height} image, "
-                             f"got {tuple(options.latents.shape)}")  # fmt: skip
+            raise ValueError(
+                f"latents must have shape {shape} for a {options.width}x{options.height} image, "
+                f"got {tuple(options.latents.shape)}"
+            )
         return self.backend.asarray(options.latents, dtype="float32")
 
     def _noised_image_latents(self, generator, options, scheduler, t_start):

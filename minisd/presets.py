@@ -8,32 +8,69 @@ dict holds the keys of the file it stands for (diffusers' names), as SD 1.5
 """
 
 SD1 = {
-    "scheduler": {"_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
-                  "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "set_alpha_to_one": False,
-                  "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None, "clip_sample": False},
+    "scheduler": {
+        "_class_name": "PNDMScheduler",
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "num_train_timesteps": 1000,
+        "set_alpha_to_one": False,
+        "skip_prk_steps": True,
+        "steps_offset": 1,
+        "trained_betas": None,
+        "clip_sample": False,
+    },
     # OpenAI CLIP ViT-L/14's text tower
-    "text_encoder": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-                     "num_attention_heads": 12, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
-                     "vocab_size": 49408},
-    "unet": {"sample_size": 64, "block_out_channels": (320, 640, 1280, 1280), "layers_per_block": 2,
-             "cross_attention_dim": 768, "attention_head_dim": 8},  # 8 heads everywhere
-    "vae": {"block_out_channels": (128, 256, 512, 512), "down_block_types": ("DownEncoderBlock2D",) * 4,
-            "up_block_types": ("UpDecoderBlock2D",) * 4, "latent_channels": 4, "layers_per_block": 2,
-            "sample_size": 512},
+    "text_encoder": {
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "max_position_embeddings": 77,
+        "hidden_act": "quick_gelu",
+        "vocab_size": 49408,
+    },
+    "unet": {
+        "sample_size": 64,
+        "block_out_channels": (320, 640, 1280, 1280),
+        "layers_per_block": 2,
+        "cross_attention_dim": 768,
+        "attention_head_dim": 8,  # SD 1's configs mean 8 heads everywhere by it
+    },
+    "vae": {
+        "block_out_channels": (128, 256, 512, 512),
+        "down_block_types": ("DownEncoderBlock2D",) * 4,
+        "up_block_types": ("UpDecoderBlock2D",) * 4,
+        "latent_channels": 4,
+        "layers_per_block": 2,
+        "sample_size": 512,
+    },
     "image_size": 512,
-}  # fmt: skip
+}
 
 SD2 = {
     "scheduler": {**SD1["scheduler"], "_class_name": "DDIMScheduler", "prediction_type": "v_prediction"},
     # OpenCLIP ViT-H's text tower, cut to its penultimate layer (23 of 24): exact GELU, width 1024
-    "text_encoder": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 23,
-                     "num_attention_heads": 16, "max_position_embeddings": 77, "hidden_act": "gelu",
-                     "vocab_size": 49408},
-    "unet": {"sample_size": 96, "block_out_channels": (320, 640, 1280, 1280), "layers_per_block": 2,
-             "cross_attention_dim": 1024, "attention_head_dim": (5, 10, 20, 20),  # 64-wide heads
-             "use_linear_projection": True, "upcast_attention": True},
+    "text_encoder": {
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_hidden_layers": 23,
+        "num_attention_heads": 16,
+        "max_position_embeddings": 77,
+        "hidden_act": "gelu",
+        "vocab_size": 49408,
+    },
+    "unet": {
+        "sample_size": 96,
+        "block_out_channels": (320, 640, 1280, 1280),
+        "layers_per_block": 2,
+        "cross_attention_dim": 1024,
+        "attention_head_dim": (5, 10, 20, 20),  # 64-wide heads
+        "use_linear_projection": True,
+        "upcast_attention": True,
+    },
     "vae": SD1["vae"],
     "image_size": 768,  # SD 2.1 is a 768x768 v-prediction model (SD 2.1-base: 512, epsilon)
-}  # fmt: skip
+}
 
 PRESETS = {"sd1": SD1, "sd2": SD2}

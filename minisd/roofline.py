@@ -86,7 +86,6 @@ def count_flops():
         Conv2d.__call__, ops.linear, ops.attention = conv_call, linear, attention
 
 
-
 @dataclass
 class Work:
     """What one layer (or a group of equal ones) computes and moves."""
@@ -228,8 +227,10 @@ def table(layers, flops_per_s, bytes_per_s, measured=None):
     for label, work in sorted(layers.items(), key=lambda item: -floors[item[0]][0]):
         floor, bound = floors[label]
         intensity = work.flops / work.bytes if work.bytes else 0
-        lines.append(f"{label:58s} {work.calls:5d} {work.flops / 1e9:8.1f} {work.bytes / 1e6:8.1f} "
-                     f"{intensity:7.0f} {floor * 1e6:9.1f}  {bound:7s}" + spent(own.get(label, 0.0), floor))  # fmt: skip
+        lines.append(
+            f"{label:58s} {work.calls:5d} {work.flops / 1e9:8.1f} {work.bytes / 1e6:8.1f} "
+            f"{intensity:7.0f} {floor * 1e6:9.1f}  {bound:7s}" + spent(own.get(label, 0.0), floor)
+        )
     kinds = defaultdict(lambda: [0, 0, 0.0, 0.0])
     for label, work in layers.items():
         kinds[work.kind][0] += work.flops
@@ -239,17 +240,23 @@ def table(layers, flops_per_s, bytes_per_s, measured=None):
     lines.append("")
     lines.append(f"{'per kind':58s} {'':5s} {'GFLOP':>8s} {'MB':>8s} {'':7s} {'floor µs':>9s}  {'':7s}" + extra)
     for kind, (flops, size, floor, seconds) in sorted(kinds.items(), key=lambda item: -item[1][2]):
-        lines.append(f"{kind:58s} {'':5s} {flops / 1e9:8.1f} {size / 1e6:8.1f} {'':7s} {floor * 1e6:9.1f}  "
-                     f"{'':7s}" + spent(seconds, floor))  # fmt: skip
+        lines.append(
+            f"{kind:58s} {'':5s} {flops / 1e9:8.1f} {size / 1e6:8.1f} {'':7s} {floor * 1e6:9.1f}  "
+            f"{'':7s}" + spent(seconds, floor)
+        )
     floor = sum(kind[2] for kind in kinds.values())
     flops = sum(work.flops for work in layers.values())
-    lines.append(f"{'total: the step cannot take less than':58s} {'':5s} {flops / 1e9:8.1f} "
-                 f"{sum(w.bytes for w in layers.values()) / 1e6:8.1f} {'':7s} {floor * 1e6:9.1f}  "
-                 f"{'':7s}" + spent(step, floor))  # fmt: skip
+    lines.append(
+        f"{'total: the step cannot take less than':58s} {'':5s} {flops / 1e9:8.1f} "
+        f"{sum(w.bytes for w in layers.values()) / 1e6:8.1f} {'':7s} {floor * 1e6:9.1f}  "
+        f"{'':7s}" + spent(step, floor)
+    )
     if measured:
         counted = sum(own.values())
-        lines.append(f"measured: the whole step {step * 1e3:.2f} ms, the counted layers {counted * 1e3:.2f} ms, "
-                     f"the rest {(step - counted) * 1e3:.2f} ms (activations, adds, concatenations, waiting for Python)")  # fmt: skip
+        lines.append(
+            f"measured: the whole step {step * 1e3:.2f} ms, the counted layers {counted * 1e3:.2f} ms, "
+            f"the rest {(step - counted) * 1e3:.2f} ms (activations, adds, concatenations, waiting for Python)"
+        )
     return "\n".join(line.rstrip() for line in lines)
 
 
@@ -279,8 +286,10 @@ def main(argv=None):
     rng = numpy.random.default_rng(1)
     sample = backend.asarray(rng.standard_normal((args.batch, 4, args.latent, args.latent), dtype=numpy.float32))
     context = backend.asarray(rng.standard_normal((args.batch, 77, 768), dtype=numpy.float32))
-    print(f"SD 1.5 UNet step, batch {args.batch}, {args.latent}x{args.latent} latent, float16 bytes; "
-          f"{args.tflops:.0f} TFLOP/s, {args.bandwidth:.0f} GB/s")  # fmt: skip
+    print(
+        f"SD 1.5 UNet step, batch {args.batch}, {args.latent}x{args.latent} latent, float16 bytes; "
+        f"{args.tflops:.0f} TFLOP/s, {args.bandwidth:.0f} GB/s"
+    )
     measured = measure(unet, sample, context, backend, args.repeat) if args.measure else None
     if measured:
         print(f"measured on {backend}, mean of {args.repeat} steps after a warm-up one")

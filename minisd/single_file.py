@@ -82,39 +82,71 @@ RENAMES = {
         (r"\.mlp\.c_proj\.", ".mlp.fc2."),
     ],
 }
-PREFIXES = {"unet": "model.diffusion_model.", "vae": "first_stage_model.",
-            "sd1_text": "cond_stage_model.transformer.", "sd2_text": "cond_stage_model.model."}  # fmt: skip
+PREFIXES = {
+    "unet": "model.diffusion_model.",
+    "vae": "first_stage_model.",
+    "sd1_text": "cond_stage_model.transformer.",
+    "sd2_text": "cond_stage_model.model.",
+}
 # Keys a checkpoint may carry that are not weights minisd uses: the training schedule's buffers,
 # EMA copies, CLIP's image-text projection, and SD 2.x's last text layer (SD 2 uses the 23rd).
-IGNORED = [r"^(betas|alphas_cumprod.*|sqrt_.*|log_one_minus_alphas_cumprod|posterior_.*)$",
-           r"^model_ema\..*", r"^cond_stage_model\.model\.(text_projection|logit_scale|visual\..*)$",
-           r".*embeddings\.position_ids$"]  # fmt: skip
+IGNORED = [
+    r"^(betas|alphas_cumprod.*|sqrt_.*|log_one_minus_alphas_cumprod|posterior_.*)$",
+    r"^model_ema\..*",
+    r"^cond_stage_model\.model\.(text_projection|logit_scale|visual\..*)$",
+    r".*embeddings\.position_ids$",
+]
 
 
 def block_renames(levels, layers):
     """UNet and VAE block numbers: the original counts blocks in one flat list (UNet) or the
     decoder from the bottom up (VAE); diffusers nests them per level, top down."""
     per_level = layers + 1  # the UNet's down path: `layers` blocks, then a downsampler
-    unet = [(rf"^input_blocks\.{1 + level * per_level + i}\.0\.", f"down_blocks.{level}.resnets.{i}.")
-            for level in range(levels) for i in range(layers)]  # fmt: skip
-    unet += [(rf"^input_blocks\.{1 + level * per_level + i}\.1\.", f"down_blocks.{level}.attentions.{i}.")
-             for level in range(levels) for i in range(layers)]  # fmt: skip
-    unet += [(rf"^input_blocks\.{level * per_level + per_level}\.0\.op\.", f"down_blocks.{level}.downsamplers.0.conv.")
-             for level in range(levels - 1)]  # fmt: skip
+    unet = [
+        (rf"^input_blocks\.{1 + level * per_level + i}\.0\.", f"down_blocks.{level}.resnets.{i}.")
+        for level in range(levels)
+        for i in range(layers)
+    ]
+    unet += [
+        (rf"^input_blocks\.{1 + level * per_level + i}\.1\.", f"down_blocks.{level}.attentions.{i}.")
+        for level in range(levels)
+        for i in range(layers)
+    ]
+    unet += [
+        (rf"^input_blocks\.{level * per_level + per_level}\.0\.op\.", f"down_blocks.{level}.downsamplers.0.conv.")
+        for level in range(levels - 1)
+    ]
     up = per_level  # the up path has one more block per level, and the upsampler rides on the last
-    unet += [(rf"^output_blocks\.{level * up + i}\.0\.", f"up_blocks.{level}.resnets.{i}.")
-             for level in range(levels) for i in range(up)]  # fmt: skip
-    unet += [(rf"^output_blocks\.{level * up + i}\.1\.(norm|proj_in|proj_out|transformer_blocks)",
-              rf"up_blocks.{level}.attentions.{i}.\1") for level in range(levels) for i in range(up)]  # fmt: skip
-    unet += [(rf"^output_blocks\.{level * up + up - 1}\.[12]\.conv\.", f"up_blocks.{level}.upsamplers.0.conv.")
-             for level in range(levels - 1)]  # fmt: skip
+    unet += [
+        (rf"^output_blocks\.{level * up + i}\.0\.", f"up_blocks.{level}.resnets.{i}.")
+        for level in range(levels)
+        for i in range(up)
+    ]
+    unet += [
+        (
+            rf"^output_blocks\.{level * up + i}\.1\.(norm|proj_in|proj_out|transformer_blocks)",
+            rf"up_blocks.{level}.attentions.{i}.\1",
+        )
+        for level in range(levels)
+        for i in range(up)
+    ]
+    unet += [
+        (rf"^output_blocks\.{level * up + up - 1}\.[12]\.conv\.", f"up_blocks.{level}.upsamplers.0.conv.")
+        for level in range(levels - 1)
+    ]
     vae = [(rf"^encoder\.down\.{level}\.block\.", f"encoder.down_blocks.{level}.resnets.") for level in range(levels)]
-    vae += [(rf"^encoder\.down\.{level}\.downsample\.", f"encoder.down_blocks.{level}.downsamplers.0.")
-            for level in range(levels)]  # fmt: skip
-    vae += [(rf"^decoder\.up\.{levels - 1 - level}\.block\.", f"decoder.up_blocks.{level}.resnets.")
-            for level in range(levels)]  # fmt: skip
-    vae += [(rf"^decoder\.up\.{levels - 1 - level}\.upsample\.", f"decoder.up_blocks.{level}.upsamplers.0.")
-            for level in range(levels)]  # fmt: skip
+    vae += [
+        (rf"^encoder\.down\.{level}\.downsample\.", f"encoder.down_blocks.{level}.downsamplers.0.")
+        for level in range(levels)
+    ]
+    vae += [
+        (rf"^decoder\.up\.{levels - 1 - level}\.block\.", f"decoder.up_blocks.{level}.resnets.")
+        for level in range(levels)
+    ]
+    vae += [
+        (rf"^decoder\.up\.{levels - 1 - level}\.upsample\.", f"decoder.up_blocks.{level}.upsamplers.0.")
+        for level in range(levels)
+    ]
     return {"unet": unet, "vae": vae}
 
 
@@ -129,9 +161,11 @@ def read_single_file(path, backend, vae_backend, overrides=None):
     levels, layers = len(model["unet"].block_out_channels), model["unet"].layers_per_block
     renames = block_renames(levels, layers)
     text = model["text"]
-    parts = {"unet": (UNet2DConditionModel(model["unet"]), RENAMES["unet"] + renames["unet"], backend),
-             "vae": (AutoencoderKL(model["vae"]), RENAMES["vae"] + renames["vae"], vae_backend),
-             text: (CLIPTextModel(model["text_config"]), RENAMES[text], backend)}  # fmt: skip
+    parts = {
+        "unet": (UNet2DConditionModel(model["unet"]), RENAMES["unet"] + renames["unet"], backend),
+        "vae": (AutoencoderKL(model["vae"]), RENAMES["vae"] + renames["vae"], vae_backend),
+        text: (CLIPTextModel(model["text_config"]), RENAMES[text], backend),
+    }
     claimed = set()
     for name, (module, table, target) in parts.items():
         keys = [key for key in tensors if key.startswith(PREFIXES[name])]
@@ -139,18 +173,29 @@ def read_single_file(path, backend, vae_backend, overrides=None):
         mine = {key: tensors[key] for key in keys if not _ignored(key)}
         if name == "sd2_text":
             mine = split_fused_attention(mine, model["text_config"].num_hidden_layers)
-        load_module(module, rename_all(mine, table), f"{path} ({name.removeprefix('sd1_').removeprefix('sd2_')})",
-                    target)  # fmt: skip
+        load_module(
+            module, rename_all(mine, table), f"{path} ({name.removeprefix('sd1_').removeprefix('sd2_')})", target
+        )
     unknown = [key for key in tensors if key not in claimed and not _ignored(key)]
     if unknown:
-        raise WeightsError(f"{path} has keys that belong to no Stable Diffusion component: "
-                           f"{', '.join(sorted(unknown)[:20])}{' ...' if len(unknown) > 20 else ''}")  # fmt: skip
+        raise WeightsError(
+            f"{path} has keys that belong to no Stable Diffusion component: "
+            f"{', '.join(sorted(unknown)[:20])}{' ...' if len(unknown) > 20 else ''}"
+        )
     tokenizer = CLIPTokenizer.default()
     if model["family"] == "sd2":  # SD 2.x pads with "!" (id 0)
         tokenizer = CLIPTokenizer(tokenizer.vocab, tokenizer.merges, pad_id=tokenizer.vocab["!"])
     text_module = parts[text][0]
-    return dict(tokenizer=tokenizer, text_encoder=text_module, unet=parts["unet"][0], vae=parts["vae"][0],
-                scheduler_config=model["scheduler"], backend=backend, name=path.stem, vae_backend=vae_backend)  # fmt: skip
+    return dict(
+        tokenizer=tokenizer,
+        text_encoder=text_module,
+        unet=parts["unet"][0],
+        vae=parts["vae"][0],
+        scheduler_config=model["scheduler"],
+        backend=backend,
+        name=path.stem,
+        vae_backend=vae_backend,
+    )
 
 
 def _ignored(key):
@@ -196,9 +241,14 @@ def detect(path, tensors, overrides):
     image_size = overrides.get("image_size") or PRESETS["sd2" if v_768 else "sd1"]["image_size"]
     vae = _vae_config(tensors)
     latent_size = image_size // 2 ** (len(vae.block_out_channels) - 1)  # the VAE shrinks by 8 in SD
-    return {"family": family, "text": f"{family}_text", "unet": _unet_config(path, tensors, family, latent_size),
-            "vae": vae, "text_config": _text_config(tensors, family),
-            "scheduler": {**PRESETS[family]["scheduler"], "prediction_type": prediction}}  # fmt: skip
+    return {
+        "family": family,
+        "text": f"{family}_text",
+        "unet": _unet_config(path, tensors, family, latent_size),
+        "vae": vae,
+        "text_config": _text_config(tensors, family),
+        "scheduler": {**PRESETS[family]["scheduler"], "prediction_type": prediction},
+    }
 
 
 def _family(path, tensors):
@@ -223,30 +273,44 @@ def _unet_config(path, tensors, family, latent_size):
     prefix = PREFIXES["unet"]
     in_channels = _shape(tensors, f"{prefix}input_blocks.0.0.weight", path)[1]
     if in_channels != 4:
-        raise WeightsError(f"{path}: the UNet takes {in_channels} input channels; minisd runs text-to-image "
-                           "models (4 latent channels), not inpainting or depth models")  # fmt: skip
+        raise WeightsError(
+            f"{path}: the UNet takes {in_channels} input channels; minisd runs text-to-image "
+            "models (4 latent channels), not inpainting or depth models"
+        )
     levels = 1 + _largest_index(tensors, rf"{re.escape(prefix)}input_blocks\.(\d+)\.") // 3
-    channels = tuple(_shape(tensors, f"{prefix}input_blocks.{1 + 3 * level}.0.out_layers.3.weight", path)[0]
-                     for level in range(levels))  # fmt: skip
+    channels = tuple(
+        _shape(tensors, f"{prefix}input_blocks.{1 + 3 * level}.0.out_layers.3.weight", path)[0]
+        for level in range(levels)
+    )
     attention = [f"{prefix}input_blocks.{1 + 3 * level}.1.proj_in.weight" in tensors for level in range(levels)]
     context = next(t.shape[1] for k, t in tensors.items() if k.startswith(prefix) and k.endswith("attn2.to_k.weight"))
     heads = [c // 64 for c in channels] if family == "sd2" else 8  # SD 2: 64-wide heads; SD 1: 8 heads
     linear = tensors[next(k for k in tensors if k.startswith(prefix) and k.endswith("proj_in.weight"))].ndim == 2
     return UNetConfig(
-        sample_size=latent_size, block_out_channels=channels, cross_attention_dim=context,
-        attention_head_dim=heads, use_linear_projection=linear, layers_per_block=2,
+        sample_size=latent_size,
+        block_out_channels=channels,
+        cross_attention_dim=context,
+        attention_head_dim=heads,
+        use_linear_projection=linear,
+        layers_per_block=2,
         down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention),
         up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
-    )  # fmt: skip
+    )
 
 
 def _vae_config(tensors):
     prefix = PREFIXES["vae"]
     levels = 1 + _largest_index(tensors, rf"{re.escape(prefix)}encoder\.down\.(\d+)\.")
-    channels = tuple(_shape(tensors, f"{prefix}encoder.down.{level}.block.0.conv1.weight")[0] for level in range(levels))
+    channels = tuple(
+        _shape(tensors, f"{prefix}encoder.down.{level}.block.0.conv1.weight")[0] for level in range(levels)
+    )
     latent = _shape(tensors, f"{prefix}post_quant_conv.weight")[0]
-    return VAEConfig(block_out_channels=channels, latent_channels=latent,
-                     down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels)  # fmt: skip
+    return VAEConfig(
+        block_out_channels=channels,
+        latent_channels=latent,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+    )
 
 
 def _text_config(tensors, family):
@@ -255,14 +319,26 @@ def _text_config(tensors, family):
         vocab, width = _shape(tensors, f"{prefix}embeddings.token_embedding.weight")
         layers = 1 + _largest_index(tensors, rf"{re.escape(prefix)}encoder\.layers\.(\d+)\.")
         mlp = _shape(tensors, f"{prefix}encoder.layers.0.mlp.fc1.weight")[0]
-        return CLIPTextConfig(vocab_size=vocab, hidden_size=width, intermediate_size=mlp, num_hidden_layers=layers,
-                              num_attention_heads=width // 64, hidden_act=PRESETS["sd1"]["text_encoder"]["hidden_act"])  # fmt: skip
+        return CLIPTextConfig(
+            vocab_size=vocab,
+            hidden_size=width,
+            intermediate_size=mlp,
+            num_hidden_layers=layers,
+            num_attention_heads=width // 64,
+            hidden_act=PRESETS["sd1"]["text_encoder"]["hidden_act"],
+        )
     prefix = PREFIXES["sd2_text"]
     vocab, width = _shape(tensors, f"{prefix}token_embedding.weight")
     layers = 1 + _largest_index(tensors, rf"{re.escape(prefix)}transformer\.resblocks\.(\d+)\.")
     mlp = _shape(tensors, f"{prefix}transformer.resblocks.0.mlp.c_fc.weight")[0]
-    return CLIPTextConfig(vocab_size=vocab, hidden_size=width, intermediate_size=mlp, num_hidden_layers=layers - 1,
-                          num_attention_heads=width // 64, hidden_act=PRESETS["sd2"]["text_encoder"]["hidden_act"])  # fmt: skip
+    return CLIPTextConfig(
+        vocab_size=vocab,
+        hidden_size=width,
+        intermediate_size=mlp,
+        num_hidden_layers=layers - 1,
+        num_attention_heads=width // 64,
+        hidden_act=PRESETS["sd2"]["text_encoder"]["hidden_act"],
+    )
 
 
 def _largest_index(tensors, pattern):

@@ -128,8 +128,13 @@ class CLIPTokenizer:
         folder.mkdir(parents=True, exist_ok=True)
         vocab = json.dumps(self.vocab, ensure_ascii=False)
         merges = "".join(f"{a} {b}\n" for a, b in self.merges)
-        config = {"model_max_length": self.max_length, "bos_token": BOS, "eos_token": EOS, "unk_token": EOS,
-                  "pad_token": self.id_to_token[self.pad_id]}  # fmt: skip
+        config = {
+            "model_max_length": self.max_length,
+            "bos_token": BOS,
+            "eos_token": EOS,
+            "unk_token": EOS,
+            "pad_token": self.id_to_token[self.pad_id],
+        }
         (folder / "vocab.json").write_text(vocab, encoding="utf-8")
         (folder / "merges.txt").write_text("#version: 0.2\n" + merges, encoding="utf-8")
         (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")

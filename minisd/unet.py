@@ -10,9 +10,9 @@ Everything about the shape comes from unet/config.json (UNet2DConditionModel).
 import math
 from dataclasses import dataclass
 
+from . import ops
 from .backend import array_module
 from .blocks import Attention, Downsample2D, ResnetBlock2D, Upsample2D, silu_in_place
-from . import ops
 from .layers import Conv2d, GroupNorm, LayerNorm, Linear
 from .module import Config, Module
 
@@ -73,13 +73,25 @@ SUPPORTED_BLOCKS = {"CrossAttnDownBlock2D", "DownBlock2D", "CrossAttnUpBlock2D",
 def check_supported(config: UNetConfig):
     """Raise if the config asks for a UNet feature that SD 1.x/2.x do not use."""
     defaults = UNetConfig()
-    fixed = ["center_input_sample", "mid_block_scale_factor", "only_cross_attention",
-             "dual_cross_attention", "class_embed_type", "addition_embed_type",
-             "time_cond_proj_dim", "time_embedding_type", "resnet_time_scale_shift",
-             "conv_in_kernel", "conv_out_kernel", "attention_type", "mid_block_type",
-             "act_fn", "encoder_hid_dim", "num_class_embeds"]  # fmt: skip
-    changed = [f"{key}={getattr(config, key)!r}" for key in fixed
-               if getattr(config, key) != getattr(defaults, key)]  # fmt: skip
+    fixed = [
+        "center_input_sample",
+        "mid_block_scale_factor",
+        "only_cross_attention",
+        "dual_cross_attention",
+        "class_embed_type",
+        "addition_embed_type",
+        "time_cond_proj_dim",
+        "time_embedding_type",
+        "resnet_time_scale_shift",
+        "conv_in_kernel",
+        "conv_out_kernel",
+        "attention_type",
+        "mid_block_type",
+        "act_fn",
+        "encoder_hid_dim",
+        "num_class_embeds",
+    ]
+    changed = [f"{key}={getattr(config, key)!r}" for key in fixed if getattr(config, key) != getattr(defaults, key)]
     blocks = set(config.down_block_types) | set(config.up_block_types)
     changed += [f"block type {name!r}" for name in sorted(blocks - SUPPORTED_BLOCKS)]
     if changed:
@@ -108,8 +120,9 @@ class UNet2DConditionModel(Module):
     def __call__(self, sample, timestep, encoder_hidden_states):
         xp = array_module(sample)
         timesteps = xp.broadcast_to(xp.asarray(timestep), (sample.shape[0],))
-        t_emb = timestep_embedding(timesteps, self.config.block_out_channels[0],
-                                   self.config.flip_sin_to_cos, self.config.freq_shift)  # fmt: skip
+        t_emb = timestep_embedding(
+            timesteps, self.config.block_out_channels[0], self.config.flip_sin_to_cos, self.config.freq_shift
+        )
         emb = self.time_embedding(t_emb.astype(sample.dtype))  # (B, 4·C0)
 
         x = self.conv_in(sample)  # (B, C0, h, w)
@@ -119,7 +132,7 @@ class UNet2DConditionModel(Module):
             skips += outputs
         x = self.mid_block(x, emb, encoder_hidden_states)
         for block in self.up_blocks:
-            block_skips, skips = skips[-len(block.resnets):], skips[: -len(block.resnets)]
+            block_skips, skips = skips[-len(block.resnets) :], skips[: -len(block.resnets)]
             upsample_size = skips[-1].shape[2:] if skips else None
             x = block(x, block_skips, emb, encoder_hidden_states, upsample_size)
         return self.conv_out(silu_in_place(self.conv_norm_out(x)))  # (B, 4, h, w)
@@ -170,9 +183,7 @@ class Transformer2DModel(Module):
             self.proj_in = Linear(channels, inner)
         else:
             self.proj_in = Conv2d(channels, inner, 1)
-        self.transformer_blocks = [
-            BasicTransformerBlock(inner, heads, head_dim, context_dim) for _ in range(depth)
-        ]
+        self.transformer_blocks = [BasicTransformerBlock(inner, heads, head_dim, context_dim) for _ in range(depth)]
         if self.use_linear_projection:
             self.proj_out = Linear(inner, channels)
         else:
@@ -335,7 +346,5 @@ def make_up_blocks(config, temb_dim):
         prev_channels, out_channels = out_channels, reversed_channels[index]
         in_channels = reversed_channels[min(index + 1, len(reversed_channels) - 1)]
         cross_attention = block_type.startswith("CrossAttn")
-        blocks.append(
-            UpBlock2D(in_channels, prev_channels, out_channels, temb_dim, config, index, cross_attention)
-        )
+        blocks.append(UpBlock2D(in_channels, prev_channels, out_channels, temb_dim, config, index, cross_attention))
     return blocks

@@ -91,9 +91,13 @@ class AutoencoderKL(Module):
         stride = int(size * (1 - overlap))  # latents from one tile's start to the next
         extent = int(self.config.sample_size * overlap)  # pixels over which neighbours are blended
         keep = self.config.sample_size - extent  # pixels each tile keeps, in each direction
-        rows = [[self.decode(latents[:, :, top : top + size, left : left + size])
-                 for left in range(0, latents.shape[3], stride)]
-                for top in range(0, latents.shape[2], stride)]  # fmt: skip
+        rows = [
+            [
+                self.decode(latents[:, :, top : top + size, left : left + size])
+                for left in range(0, latents.shape[3], stride)
+            ]
+            for top in range(0, latents.shape[2], stride)
+        ]
         for i, row in enumerate(rows):
             for j, tile in enumerate(row):
                 if i > 0:

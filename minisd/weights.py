@@ -112,15 +112,16 @@ def _rename(key, renames):
 
 def _report(source, missing, unexpected, wrong_shape):
     problems = []
-    for title, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                        ("shape mismatches", wrong_shape)):  # fmt: skip
+    for title, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong_shape)):
         if keys:
             shown = "\n    ".join(keys[:20]) + (f"\n    ... and {len(keys) - 20} more" if len(keys) > 20 else "")
             problems.append(f"  {len(keys)} {title}:\n    {shown}")
     if problems:
         raise WeightsError(
-            f"{source} does not match its config.json:\n" + "\n".join(problems)
-            + "\nThe weights and config.json must come from the same model; " + HELP
+            f"{source} does not match its config.json:\n"
+            + "\n".join(problems)
+            + "\nThe weights and config.json must come from the same model; "
+            + HELP
         )
 
 
@@ -163,8 +164,13 @@ def check_model_folder(folder):
             "text_encoder/, unet/, vae/, scheduler/) nor a single-file .safetensors checkpoint; "
             f".ckpt and other PyTorch pickles can run arbitrary code, so minisd refuses them; {HELP}"
         )
-    needed = ["model_index.json", "text_encoder/config.json", "unet/config.json",
-              "vae/config.json", "scheduler/scheduler_config.json"]  # fmt: skip
+    needed = [
+        "model_index.json",
+        "text_encoder/config.json",
+        "unet/config.json",
+        "vae/config.json",
+        "scheduler/scheduler_config.json",
+    ]
     absent = [name for name in needed if not (folder / name).exists()]
     if absent:
         raise WeightsError(f"model folder {folder} is incomplete: missing {', '.join(absent)}; {HELP}")
@@ -183,7 +189,7 @@ def find_weights_file(component_folder, stem, prefer_fp16=False):
         raise WeightsError(
             f"{component_folder} has only {', '.join(pickles)}: PyTorch pickle files, which can run "
             "arbitrary code when loaded, so minisd refuses them. Convert once to safetensors, e.g. "
-            "python -c \"import torch, safetensors.torch as s; "
+            'python -c "import torch, safetensors.torch as s; '
             f"s.save_file(torch.load('{component_folder / pickles[0]}', weights_only=True), "
             f"'{component_folder / stem}.safetensors')\" (or download the .safetensors files); {HELP}"
         )

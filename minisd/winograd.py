@@ -121,8 +121,11 @@ def transform_patches(x, tiles_h, tiles_w, algorithm):
     xp = array_module(x)
     tile, patch = algorithm.tile, algorithm.patch
     channels_first = x.transpose(1, 0, 2, 3)  # (C, n, rows, columns)
-    pixels = [channels_first[..., i : i + tile * tiles_h : tile, j : j + tile * tiles_w : tile]
-              for i in range(patch) for j in range(patch)]  # pixel (i, j) of every patch: (C, n, th, tw)  # fmt: skip
+    pixels = [
+        channels_first[..., i : i + tile * tiles_h : tile, j : j + tile * tiles_w : tile]
+        for i in range(patch)
+        for j in range(patch)
+    ]  # pixel (i, j) of every patch: (C, n, th, tw)
     patches = xp.stack(pixels)  # (patch², C, n, th, tw)
     v = kronecker_square(algorithm.patch_transform, x) @ patches.reshape(patch**2, -1)  # (patch², C·n·th·tw)
     return v.reshape(patch**2, x.shape[1], -1)

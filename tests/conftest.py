@@ -3,6 +3,7 @@ diffusers and transformers) is skipped with the reason when they are missing. He
 by tests live in helpers.py (no reference library) and reference.py (torch side)."""
 
 import pytest
+
 from helpers import require_reference
 
 
@@ -31,6 +32,7 @@ def tiny(tmp_path_factory):
     models = build_models(TINY_TEXT, TINY_UNET, TINY_VAE, seed=10)
     folder = save_model_folder(tmp_path_factory.mktemp("tiny"), *models)
     return folder, models
+
 
 # Scripts that are not tests (the GPU check, the graph-capture probe) live in scripts/.
 collect_ignore = ["scripts"]

@@ -40,8 +40,18 @@ class EmulatedModule:
             f'#include "{HEADER}"\n{source}\n' + "".join(f"EMULATE({entry})\n" for entry in entry_points(source))
         )
         library = program.with_suffix(".so")
-        command = ["g++", "-std=c++20", "-O2", "-fno-strict-aliasing", "-shared", "-fPIC", "-pthread",
-                   str(program), "-o", str(library)]  # fmt: skip
+        command = [
+            "g++",
+            "-std=c++20",
+            "-O2",
+            "-fno-strict-aliasing",
+            "-shared",
+            "-fPIC",
+            "-pthread",
+            str(program),
+            "-o",
+            str(library),
+        ]
         built = subprocess.run(command, capture_output=True, text=True, check=False)
         if built.returncode != 0:
             raise RuntimeError(f"kernels/{name}.cu does not build for the CPU emulator:\n{built.stderr}")

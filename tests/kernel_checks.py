@@ -8,8 +8,8 @@ an element the kernel does not write fails the check.
 import functools
 
 import numpy as np
-from helpers import relative_error
 
+from helpers import relative_error
 from minisd import cuda, nn
 
 
@@ -18,7 +18,10 @@ def reference_attention(q, k, v, heads, mask):
     q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
     batch, q_len, width = q.shape
     d = width // heads
-    split = lambda x: x.reshape(batch, x.shape[1], heads, d).transpose(0, 2, 1, 3)
+
+    def split(x):
+        return x.reshape(batch, x.shape[1], heads, d).transpose(0, 2, 1, 3)
+
     scores = split(q) @ split(k).transpose(0, 1, 3, 2) / np.sqrt(d)
     if mask is not None:
         scores = scores + mask

@@ -11,12 +11,19 @@ from pathlib import Path
 import torch
 
 from helpers import SD15_SCHEDULER
-
 from minisd.tokenizer import CLIPTokenizer
 
 # The real SD 1.5 sizes are the libraries' defaults, except the text encoder's (ViT-L/14).
-SD15_TEXT = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                 max_position_embeddings=77, hidden_act="quick_gelu", vocab_size=49408, projection_dim=768)  # fmt: skip
+SD15_TEXT = dict(
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    vocab_size=49408,
+    projection_dim=768,
+)
 SD15_UNET = dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
 SD15_VAE = dict(
     block_out_channels=(128, 256, 512, 512),
@@ -29,18 +36,48 @@ SD15_VAE = dict(
 
 # SD 2.1 (768x768, v-prediction): OpenCLIP ViT-H text tower cut to its penultimate layer (23 of
 # 24, exact GELU, width 1024), linear proj_in/proj_out and 64-wide heads (5, 10, 20, 20 heads).
-SD21_TEXT = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
-                 max_position_embeddings=77, hidden_act="gelu", vocab_size=49408, projection_dim=512)  # fmt: skip
-SD21_UNET = dict(sample_size=96, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
-                 use_linear_projection=True, upcast_attention=True)  # fmt: skip
-SD21_SCHEDULER = {"_class_name": "DDIMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
-                  "beta_schedule": "scaled_linear", "clip_sample": False, "num_train_timesteps": 1000,
-                  "prediction_type": "v_prediction", "set_alpha_to_one": False, "skip_prk_steps": True,
-                  "steps_offset": 1, "trained_betas": None}  # fmt: skip
+SD21_TEXT = dict(
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=23,
+    num_attention_heads=16,
+    max_position_embeddings=77,
+    hidden_act="gelu",
+    vocab_size=49408,
+    projection_dim=512,
+)
+SD21_UNET = dict(
+    sample_size=96,
+    cross_attention_dim=1024,
+    attention_head_dim=(5, 10, 20, 20),
+    use_linear_projection=True,
+    upcast_attention=True,
+)
+SD21_SCHEDULER = {
+    "_class_name": "DDIMScheduler",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "prediction_type": "v_prediction",
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+}
 
 # A tiny model of the same family, for whole-pipeline tests (diffusers' own tests use similar).
-TINY_TEXT = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=5, num_attention_heads=4,
-                 max_position_embeddings=77, hidden_act="quick_gelu", vocab_size=49408, projection_dim=32)  # fmt: skip
+TINY_TEXT = dict(
+    hidden_size=32,
+    intermediate_size=37,
+    num_hidden_layers=5,
+    num_attention_heads=4,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    vocab_size=49408,
+    projection_dim=32,
+)
 TINY_UNET = dict(
     sample_size=8,
     block_out_channels=(32, 64),
@@ -100,10 +137,16 @@ def save_model_folder(folder, text_encoder, unet, vae, scheduler=SD15_SCHEDULER,
     CLIPTokenizer.default().save(folder / "tokenizer")
     (folder / "scheduler").mkdir(exist_ok=True)
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
-    index = {"_class_name": "StableDiffusionPipeline", "tokenizer": ["transformers", "CLIPTokenizer"],
-             "text_encoder": ["transformers", "CLIPTextModel"], "unet": ["diffusers", "UNet2DConditionModel"],
-             "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "PNDMScheduler"],
-             "safety_checker": [None, None], "feature_extractor": [None, None]}  # fmt: skip
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "scheduler": ["diffusers", "PNDMScheduler"],
+        "safety_checker": [None, None],
+        "feature_extractor": [None, None],
+    }
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
     return folder
 

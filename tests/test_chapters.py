@@ -21,7 +21,7 @@ from minisd.clip_image import load_clip
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "weights" / "training"))
-from shapes import COMBINATIONS, caption, draw
+from shapes import COMBINATIONS, caption, draw  # noqa: E402
 
 FOLDER = minisd.default_model_folder()
 
@@ -122,8 +122,10 @@ def test_text_encoder_pieces_spell_the_prompt_and_similarities_are_cosines(chapt
 
 def test_decoded_steps_approach_the_final_picture(chapter, pipe):
     facts = chapter("03_diffusion_steps")
-    frames = [pixels(pipe.decode(step.latents)) for step in
-              pipe.denoise(facts["prompt"], steps=facts["steps"], seed=facts["seed"])]  # fmt: skip
+    frames = [
+        pixels(pipe.decode(step.latents))
+        for step in pipe.denoise(facts["prompt"], steps=facts["steps"], seed=facts["seed"])
+    ]
     distances = [rms(frame, frames[-1]) for frame in frames]
     np.testing.assert_allclose(facts["distances"], distances, atol=1e-4)
     later = distances[len(distances) // 2 :]
@@ -256,8 +258,10 @@ def test_img2img_moves_away_from_the_input_as_strength_grows(chapter, pipe):
     assert facts["steps_run"] == [int(steps * strength) for strength in facts["strengths"]]
     assert all(a < b for a, b in itertools.pairwise(facts["distances"]))
     source = Image.fromarray(draw("red", "circle", "white", np.random.default_rng(3)))
-    outputs = [pipe.img2img(facts["prompt"], source, strength, steps=steps, seed=facts["seed"], progress=False)
-               for strength in facts["strengths"]]  # fmt: skip
+    outputs = [
+        pipe.img2img(facts["prompt"], source, strength, steps=steps, seed=facts["seed"], progress=False)
+        for strength in facts["strengths"]
+    ]
     distances = [rms(pixels(output), pixels(source)) for output in outputs]
     np.testing.assert_allclose(facts["distances"], distances, atol=1e-4)
     assert distances[-1] > distances[0]

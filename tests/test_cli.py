@@ -15,16 +15,25 @@ ARGS = ["a red circle", "--weights", FOLDER, "--steps", "3", "--seed", "3"]
 
 def test_writes_png_with_parameters(tmp_path):
     output = tmp_path / "out.png"
-    code = main([*ARGS, "-o", str(output), "--size", "80x48", "--negative", "blurry", "--scheduler", "ddim",
-                 "--guidance", "5"])  # fmt: skip
+    code = main(
+        [*ARGS, "-o", str(output), "--size", "80x48", "--negative", "blurry", "--scheduler", "ddim", "--guidance", "5"]
+    )
     assert code == 0
     image = Image.open(output)
     assert image.size == (80, 48)
-    assert {key: image.text[key] for key in ("prompt", "negative_prompt", "seed", "steps", "scheduler",
-                                              "guidance", "size", "model")} == {  # fmt: skip
-        "prompt": "a red circle", "negative_prompt": "blurry", "seed": "3", "steps": "3", "scheduler": "ddim",
-        "guidance": "5.0", "size": "80x48", "model": "tiny-sd",
-    }  # fmt: skip
+    assert {
+        key: image.text[key]
+        for key in ("prompt", "negative_prompt", "seed", "steps", "scheduler", "guidance", "size", "model")
+    } == {
+        "prompt": "a red circle",
+        "negative_prompt": "blurry",
+        "seed": "3",
+        "steps": "3",
+        "scheduler": "ddim",
+        "guidance": "5.0",
+        "size": "80x48",
+        "model": "tiny-sd",
+    }
 
 
 def test_img2img_from_the_command_line(tmp_path):
@@ -35,7 +44,9 @@ def test_img2img_from_the_command_line(tmp_path):
     image = Image.open(output)
     assert image.size == (64, 56)  # floored to multiples of 8, as diffusers does
     assert image.text["strength"] == "0.7" and image.text["init_image"] == "init.png"
-    assert image.text["scheduler"] == "pndm" and image.text["size"] == "64x56"  # the model's own, by its --scheduler name
+    assert (
+        image.text["scheduler"] == "pndm" and image.text["size"] == "64x56"
+    )  # the model's own, by its --scheduler name
 
 
 def test_a_batch_of_images_gets_numbered_files(tmp_path, capsys):

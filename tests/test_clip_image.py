@@ -13,7 +13,7 @@ from minisd.weights import WeightsError
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "weights" / "training"))
-from shapes import COMBINATIONS, caption, draw
+from shapes import COMBINATIONS, caption, draw  # noqa: E402
 
 FOLDER = minisd.default_model_folder()
 
@@ -22,13 +22,15 @@ FOLDER = minisd.default_model_folder()
 def test_same_vectors_as_the_training_code():
     import torch
     from safetensors.torch import load_file
-    from train import ImageTower, pooled
     from transformers import CLIPTextModel
+
+    from train import ImageTower, pooled
 
     tensors = {key: value.float() for key, value in load_file(FOLDER / "clip" / "model.safetensors").items()}
     tower = ImageTower()
-    tower.load_state_dict({key.removeprefix("image_tower."): value for key, value in tensors.items()
-                           if key.startswith("image_tower.")})  # fmt: skip
+    tower.load_state_dict(
+        {key.removeprefix("image_tower."): value for key, value in tensors.items() if key.startswith("image_tower.")}
+    )
     text_encoder = CLIPTextModel.from_pretrained(FOLDER / "text_encoder", torch_dtype=torch.float32).eval()
     combinations = COMBINATIONS[::4]
     rng = np.random.default_rng(7)

@@ -37,10 +37,14 @@ def conv_case(rng, batch, channels, out_channels, height, width):
 
 
 @pytest.mark.parametrize("algorithm", [winograd.F2, winograd.F4], ids=["F2x2", "F4x4"])
-@pytest.mark.parametrize("strip_elements", [winograd.STRIP_ELEMENTS, 2 * 36 * 16 * 12],
-                         ids=["whole-images", "row-strips"])  # fmt: skip
-@pytest.mark.parametrize("shape", [(1, 3, 5, 2, 3), (3, 6, 7, 9, 13), (2, 16, 8, 33, 47), (1, 256, 32, 32, 40)],
-                         ids=["tiny-odd", "batch3-odd", "odd-33x47", "256ch"])  # fmt: skip
+@pytest.mark.parametrize(
+    "strip_elements", [winograd.STRIP_ELEMENTS, 2 * 36 * 16 * 12], ids=["whole-images", "row-strips"]
+)
+@pytest.mark.parametrize(
+    "shape",
+    [(1, 3, 5, 2, 3), (3, 6, 7, 9, 13), (2, 16, 8, 33, 47), (1, 256, 32, 32, 40)],
+    ids=["tiny-odd", "batch3-odd", "odd-33x47", "256ch"],
+)
 def test_winograd_conv3x3_equals_torch(torch, monkeypatch, shape, strip_elements, algorithm):
     monkeypatch.setattr(winograd, "STRIP_ELEMENTS", strip_elements)  # small: a few tile rows of odd-33x47 per strip
     x, weight, bias = conv_case(np.random.default_rng(0), *shape)
@@ -70,17 +74,27 @@ def test_conv_layer_takes_winograd_where_it_pays(torch, monkeypatch):
     for (batch, height, width), algorithm in cases:
         x, layer.weight, layer.bias = conv_case(rng, batch, 256, 16, height, width)
         assert cpu.winograd_algorithm(x) is algorithm
-        theirs = torch.nn.functional.conv2d(*(torch.from_numpy(a).double() for a in (x, layer.weight, layer.bias)),
-                                            padding=1)  # fmt: skip
+        theirs = torch.nn.functional.conv2d(
+            *(torch.from_numpy(a).double() for a in (x, layer.weight, layer.bias)), padding=1
+        )
         assert relative_error(layer(x), theirs.numpy()) <= TOLERANCE
-    assert [(u.shape, algorithm) for u, algorithm in received] == [((36, 16, 256), winograd.F4),
-                                                                  ((16, 16, 256), winograd.F2)]  # fmt: skip
+    assert [(u.shape, algorithm) for u, algorithm in received] == [
+        ((36, 16, 256), winograd.F4),
+        ((16, 16, 256), winograd.F2),
+    ]
     assert cpu.winograd_algorithm(np.zeros((2, 32, 64, 64), np.float32)) is None  # too few channels
 
 
-@pytest.mark.parametrize("batch,heads,q_len,k_len,masked,scale",
-                         [(2, 8, 300, 300, False, 1), (1, 1, 1030, 1030, False, 1), (3, 5, 77, 77, True, 1),
-                          (2, 4, 513, 77, False, 1), (2, 4, 300, 77, False, 30)])  # fmt: skip
+@pytest.mark.parametrize(
+    "batch,heads,q_len,k_len,masked,scale",
+    [
+        (2, 8, 300, 300, False, 1),
+        (1, 1, 1030, 1030, False, 1),
+        (3, 5, 77, 77, True, 1),
+        (2, 4, 513, 77, False, 1),
+        (2, 4, 300, 77, False, 30),
+    ],
+)
 @pytest.mark.parametrize("attention", [nn.attention, cpu.attention], ids=["plain", "fast"])
 def test_attention_equals_torch(torch, monkeypatch, attention, batch, heads, q_len, k_len, masked, scale):
     """scale 30: scores of several hundred, where exp overflows unless each row's max is subtracted
@@ -98,7 +112,7 @@ def test_attention_equals_torch(torch, monkeypatch, attention, batch, heads, q_l
 
     theirs = torch.nn.functional.scaled_dot_product_attention(
         heads_first(q), heads_first(k), heads_first(v), is_causal=masked
-    )  # fmt: skip
+    )
     assert relative_error(ours, theirs.transpose(1, 2).reshape(batch, q_len, -1).numpy()) <= TOLERANCE
 
 
@@ -115,19 +129,32 @@ def test_activations_and_norms_equal_torch(torch, floor):
         (floor.gelu(view), functional.gelu(t)),
         (floor.silu(view), functional.silu(t)),
         (floor.quick_gelu(view), t * torch.sigmoid(1.702 * t)),
-        (floor.group_norm(view, 8, weight, bias, 1e-5),
-         functional.group_norm(t, 8, torch.from_numpy(weight).double(), torch.from_numpy(bias).double(), 1e-5)),
+        (
+            floor.group_norm(view, 8, weight, bias, 1e-5),
+            functional.group_norm(t, 8, torch.from_numpy(weight).double(), torch.from_numpy(bias).double(), 1e-5),
+        ),
         (floor.geglu(view[..., :34]), view_halves_geglu(t[..., :34], functional)),
-        (floor.layer_norm(view, weight[:1].repeat(35), bias[:1].repeat(35), 1e-5),
-         functional.layer_norm(t, (35,), torch.from_numpy(weight[:1].repeat(35)).double(),
-                               torch.from_numpy(bias[:1].repeat(35)).double(), 1e-5)),
-    ]  # fmt: skip
+        (
+            floor.layer_norm(view, weight[:1].repeat(35), bias[:1].repeat(35), 1e-5),
+            functional.layer_norm(
+                t,
+                (35,),
+                torch.from_numpy(weight[:1].repeat(35)).double(),
+                torch.from_numpy(bias[:1].repeat(35)).double(),
+                1e-5,
+            ),
+        ),
+    ]
     for ours, theirs in pairs:
         assert ours.shape == tuple(theirs.shape)
         assert relative_error(ours, theirs.numpy()) <= 1e-6
     tail = [-12.0, -10.0, -5.0]  # x·Φ(x) = x·½·erfc(-x/√2), tiny: torch's float64 1 + erf(x/√2) cancels to 0
-    np.testing.assert_allclose(floor.gelu(np.array(tail, np.float32)), [x * 0.5 * math.erfc(-x / math.sqrt(2)) for x in tail],
-                               rtol=1e-5, atol=0)  # fmt: skip
+    np.testing.assert_allclose(
+        floor.gelu(np.array(tail, np.float32)),
+        [x * 0.5 * math.erfc(-x / math.sqrt(2)) for x in tail],
+        rtol=1e-5,
+        atol=0,
+    )
 
 
 def view_halves_geglu(t, functional):
@@ -210,5 +237,7 @@ def test_float16_kernels_through_winograd(torch, monkeypatch):
     out = layer(x)
     assert out.dtype == np.float32 and received[0][0].dtype == np.float32
     rounded = torch.from_numpy(weight.astype(np.float16).astype(np.float64))
-    theirs = torch.nn.functional.conv2d(torch.from_numpy(x).double(), rounded, torch.from_numpy(bias).double(), padding=1)
+    theirs = torch.nn.functional.conv2d(
+        torch.from_numpy(x).double(), rounded, torch.from_numpy(bias).double(), padding=1
+    )
     assert relative_error(out, theirs.numpy()) <= TOLERANCE

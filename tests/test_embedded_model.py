@@ -57,13 +57,22 @@ def test_same_image_as_diffusers(guidance, negative):
     import torch
     from diffusers import StableDiffusionPipeline
 
-    reference = StableDiffusionPipeline.from_pretrained(FOLDER, torch_dtype=torch.float32, safety_checker=None,
-                                                        requires_safety_checker=False)  # fmt: skip
+    reference = StableDiffusionPipeline.from_pretrained(
+        FOLDER, torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False
+    )
     reference.set_progress_bar_config(disable=True)
     latents = np.random.default_rng(8).standard_normal((1, 4, 8, 8), dtype=np.float32)
     prompt = "a purple square on a gray background"
-    theirs = reference(prompt, negative_prompt=negative or None, num_inference_steps=20, guidance_scale=guidance,
-                       height=64, width=64, latents=torch.from_numpy(latents)).images[0]  # fmt: skip
-    ours = minisd.load(FOLDER)(prompt, negative_prompt=negative, steps=20, guidance=guidance, latents=latents,
-                               progress=False)  # fmt: skip
+    theirs = reference(
+        prompt,
+        negative_prompt=negative or None,
+        num_inference_steps=20,
+        guidance_scale=guidance,
+        height=64,
+        width=64,
+        latents=torch.from_numpy(latents),
+    ).images[0]
+    ours = minisd.load(FOLDER)(
+        prompt, negative_prompt=negative, steps=20, guidance=guidance, latents=latents, progress=False
+    )
     assert np.abs(np.asarray(ours, np.int16) - np.asarray(theirs, np.int16)).max() <= 1

@@ -135,7 +135,9 @@ def test_missing_unexpected_and_misshapen_keys_are_all_named(model_copy):
 def test_config_that_does_not_match_the_weights(model_copy):
     config = model_copy / "unet" / "config.json"
     config.write_text(config.read_text().replace('"cross_attention_dim": 32', '"cross_attention_dim": 48'))
-    with pytest.raises(WeightsError, match="(?s)12 shape mismatches.*attn2.to_k.weight: file \\(64, 32\\), config expects \\(64, 48\\)"):
+    with pytest.raises(
+        WeightsError, match="(?s)12 shape mismatches.*attn2.to_k.weight: file \\(64, 32\\), config expects \\(64, 48\\)"
+    ):
         load_component(model_copy, "unet", Backend())
 
 
@@ -192,8 +194,10 @@ def test_old_vae_attention_names(model_copy):
 def test_fp32_file_preferred_and_fp16_variant_for_float16(model_copy):
     """With both files present, float32 loading reads `.safetensors`, float16 the `.fp16` variant."""
     fp16 = read_safetensors(model_copy / UNET_FILE)
-    save_file({k: np.asarray(v, np.float32) * 0 for k, v in fp16.items()},
-              str(model_copy / "unet" / "diffusion_pytorch_model.safetensors"))  # fmt: skip
+    save_file(
+        {k: np.asarray(v, np.float32) * 0 for k, v in fp16.items()},
+        str(model_copy / "unet" / "diffusion_pytorch_model.safetensors"),
+    )
     zeros = load_component(model_copy, "unet", Backend("numpy", "float32"))
     assert not np.any(zeros.conv_in.weight)
     half = load_component(model_copy, "unet", Backend("numpy", "float16"))

@@ -10,9 +10,9 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import relative_error
 
 import minisd
+from helpers import relative_error
 from minisd import cpu, nn, ops, parallel, winograd
 
 RNG = np.random.default_rng(20)
@@ -37,7 +37,7 @@ CONVOLUTIONS = {  # (input shape, (C_out, kernel size, stride, padding)) and the
     "2x2-kernel": ((2, 3, 5, 6), (2, 2, 1, 0)),
     "winograd-F4": ((1, 64, 33, 35), (8, 3, 1, 1)),
     "winograd-F2": ((2, 64, 16, 17), (8, 3, 1, 1)),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("weights_dtype", ["float32", "float16"])
@@ -104,7 +104,7 @@ ATTENTIONS = {  # batch, heads, query tokens, key tokens, head dim, scale of q a
     "random-mask": (1, 2, 30, 45, 8, 1, "random"),
     "overflow-bound": (2, 2, 50, 50, 8, 30, None),  # scores in the hundreds: e^s overflows unshifted
     "single-head-4096": (1, 1, 1030, 1030, 16, 1, None),
-}  # fmt: skip
+}
 
 
 def attention_case(name, dtype="float32"):
@@ -213,8 +213,9 @@ def test_winograd_matrices_compute_a_correlation_exactly(algorithm):
     """Aᵀ [(G g) ⊙ (Bᵀ d)] is the 1-D correlation of a patch row d with a 3-tap kernel g: its
     outputs are d[i:i+3] · g (checked in float64, where only rounding separates the two)."""
     rng = np.random.default_rng(9)
-    patch_t, kernel_t, output_t = (np.array(m) for m in (algorithm.patch_transform, algorithm.kernel_transform,
-                                                          algorithm.output_transform))  # fmt: skip
+    patch_t, kernel_t, output_t = (
+        np.array(m) for m in (algorithm.patch_transform, algorithm.kernel_transform, algorithm.output_transform)
+    )
     for _ in range(5):
         d, g = rng.standard_normal(algorithm.patch), rng.standard_normal(3)
         direct = [d[i : i + 3] @ g for i in range(algorithm.tile)]
@@ -320,8 +321,12 @@ def test_tiled_decode_has_no_seams(monkeypatch):
     VAE that changes the colours a lot (PSNR about 13 dB against the untiled picture); a seam
     would show as a jump at the border, and there is none."""
     pipe = minisd.load(minisd.default_model_folder())
-    prompts = ["a red circle on a white background", "a blue square on a black background",
-               "a green triangle on a white background", "a yellow circle on a black background"]  # fmt: skip
+    prompts = [
+        "a red circle on a white background",
+        "a blue square on a black background",
+        "a green triangle on a white background",
+        "a yellow circle on a black background",
+    ]
     latents = [list(pipe.denoise(p, steps=10, seed=i))[-1].latents for i, p in enumerate(prompts)]
     mosaic = np.concatenate([np.concatenate(latents[:2], axis=3), np.concatenate(latents[2:], axis=3)], axis=2)
     mosaic /= pipe.vae.config.scaling_factor  # (1, 4, 16, 16)

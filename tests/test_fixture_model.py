@@ -62,9 +62,16 @@ def test_vae(expected):
 def test_pipeline_image(expected, case):
     scheduler, negative, guidance, height, width = PIPELINE_CASES[case]
     image = minisd.load(FOLDER)(
-        "a red circle on a white background", negative_prompt=negative, steps=10, guidance=guidance,
-        height=height, width=width, scheduler=scheduler, latents=expected[f"{case}_latents"], progress=False,
-    )  # fmt: skip
+        "a red circle on a white background",
+        negative_prompt=negative,
+        steps=10,
+        guidance=guidance,
+        height=height,
+        width=width,
+        scheduler=scheduler,
+        latents=expected[f"{case}_latents"],
+        progress=False,
+    )
     reference = expected[f"{case}_image"]
     assert np.asarray(image).shape == reference.shape == (height, width, 3)
     assert np.abs(np.asarray(image, np.int16) - reference).max() <= 1

@@ -7,16 +7,16 @@ NaN/Inf, and pictures within PSNR 35 dB; the attention kernel against a float64 
 
 from pathlib import Path
 
-import kernel_checks
 import numpy as np
 import pytest
-from helpers import relative_error
 
+import kernel_checks
 import minisd
+from helpers import relative_error
 from minisd import cuda, ops
 from minisd.backend import Backend
-from minisd.random_model import place, random_weights
 from minisd.clip import CLIPTextConfig, CLIPTextModel
+from minisd.random_model import place, random_weights
 from minisd.unet import UNet2DConditionModel, UNetConfig
 from minisd.vae import AutoencoderKL, VAEConfig
 from minisd.weights import load_component
@@ -101,8 +101,14 @@ def test_full_size_unet_64x64(backend, tolerance, config):
 
 
 @pytest.mark.parametrize("backend, tolerance", [(GPU, 1e-5), (GPU16, 3e-3)], ids=["fp32", "fp16"])
-@pytest.mark.parametrize("config", [{}, dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
-                                             num_attention_heads=16, hidden_act="gelu")], ids=["sd1", "sd2"])  # fmt: skip
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16, hidden_act="gelu"),
+    ],
+    ids=["sd1", "sd2"],
+)
 def test_full_size_text_encoder(backend, tolerance, config):
     ids = np.random.default_rng(4).integers(0, 49408, (2, 77))
     error = compare_full_size(CLIPTextModel(CLIPTextConfig(**config)), (ids,), lambda m, i: m(i), backend)
@@ -135,11 +141,15 @@ def test_fp16_picture_close_to_numpy(scheduler):
 # ---------------------------------------------------------------- the attention kernel
 
 
-@pytest.mark.parametrize("dtype, tolerance, tensor_cores",
-                         [("float32", 1e-5, False), ("float16", 2e-3, False), ("float16", 2e-3, True)],
-                         ids=["float32", "float16", "float16-tensor-cores"])  # fmt: skip
+@pytest.mark.parametrize(
+    "dtype, tolerance, tensor_cores",
+    [("float32", 1e-5, False), ("float16", 2e-3, False), ("float16", 2e-3, True)],
+    ids=["float32", "float16", "float16-tensor-cores"],
+)
 @pytest.mark.parametrize("head_dim", cuda.ATTENTION_HEAD_DIMS)
-@pytest.mark.parametrize("lengths", [(4096, 4096), (300, 77), (77, 77), (33, 130)], ids=lambda l: f"{l[0]}x{l[1]}")
+@pytest.mark.parametrize(
+    "lengths", [(4096, 4096), (300, 77), (77, 77), (33, 130)], ids=lambda lengths: f"{lengths[0]}x{lengths[1]}"
+)
 @pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
 def test_attention_kernel_against_float64(dtype, tolerance, tensor_cores, head_dim, lengths, masked):
     if lengths[0] == 4096 and head_dim not in (40, 64):  # the 4096-token float64 reference is slow

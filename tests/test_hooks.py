@@ -59,8 +59,12 @@ def test_hooks_report_what_diffusers_modules_compute(pipe, inputs):
     with torch.no_grad():
         theirs(torch.from_numpy(latents), t, torch.from_numpy(context))
     ours = {}
-    first = lambda output: output[0] if isinstance(output, tuple) else output  # a down block: (x, skips)
-    with forward_hooks(pipe.unet, lambda key, module, args, output: ours.setdefault(key, first(output).copy())):
+
+    def record(key, module, args, output):
+        first = output[0] if isinstance(output, tuple) else output  # a down block: (x, skips)
+        ours.setdefault(key, first.copy())
+
+    with forward_hooks(pipe.unet, record):
         pipe.unet(latents, t, context)
     shared = sorted(set(ours) & set(outputs))
     assert len(shared) > 0.9 * len(ours), sorted(set(ours) - set(outputs))[:10]

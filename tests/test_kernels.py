@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from cuda_emulator import entry_points
 
 KERNELS = sorted((Path(__file__).parent.parent / "kernels").glob("*.cu"))

@@ -9,15 +9,15 @@ of them, are thus tested on every CI run; speed, CuPy and a GPU's own behaviour 
 
 import shutil
 
-import kernel_checks
 import numpy as np
 import pytest
-from cuda_emulator import EmulatedModule
 
+import kernel_checks
+from cuda_emulator import EmulatedModule
 from minisd import cuda, ops
 from minisd.backend import Backend
-from minisd.random_model import place, random_weights
 from minisd.clip import CLIPTextConfig, CLIPTextModel
+from minisd.random_model import place, random_weights
 from minisd.unet import UNet2DConditionModel, UNetConfig
 from minisd.vae import AutoencoderKL, VAEConfig
 
@@ -37,11 +37,13 @@ def on_cpu(emulated, monkeypatch):
     monkeypatch.setattr(cuda, "_module", emulated.__getitem__)
 
 
-@pytest.mark.parametrize("dtype, tolerance, tensor_cores",
-                         [("float32", 1e-5, False), ("float16", 2e-3, False), ("float16", 2e-3, True)],
-                         ids=["float32", "float16", "float16-tensor-cores"])  # fmt: skip
+@pytest.mark.parametrize(
+    "dtype, tolerance, tensor_cores",
+    [("float32", 1e-5, False), ("float16", 2e-3, False), ("float16", 2e-3, True)],
+    ids=["float32", "float16", "float16-tensor-cores"],
+)
 @pytest.mark.parametrize("head_dim", cuda.ATTENTION_HEAD_DIMS)
-@pytest.mark.parametrize("lengths", [(77, 77), (33, 130)], ids=lambda l: f"{l[0]}x{l[1]}")
+@pytest.mark.parametrize("lengths", [(77, 77), (33, 130)], ids=lambda lengths: f"{lengths[0]}x{lengths[1]}")
 @pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
 def test_attention_kernels(on_cpu, dtype, tolerance, tensor_cores, head_dim, lengths, masked):
     kernel_checks.check_attention(np, dtype, tolerance, head_dim, lengths, masked, tensor_cores)
@@ -59,21 +61,33 @@ def test_fused_kernels(on_cpu, dtype, tolerance):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-@pytest.mark.parametrize("shape, kernel_size, stride, padding",
-                         [((2, 3, 9, 7), 3, 1, 1), ((2, 5, 9, 8), 3, 2, 1),
-                          ((1, 4, 6, 6), 3, 2, 0), ((2, 2, 5, 5), 2, 1, 0)])  # fmt: skip
+@pytest.mark.parametrize(
+    "shape, kernel_size, stride, padding",
+    [((2, 3, 9, 7), 3, 1, 1), ((2, 5, 9, 8), 3, 2, 1), ((1, 4, 6, 6), 3, 2, 0), ((2, 2, 5, 5), 2, 1, 0)],
+)
 def test_im2col(on_cpu, dtype, shape, kernel_size, stride, padding):
     kernel_checks.check_im2col(np, dtype, shape, kernel_size, stride, padding)
 
 
 # Small models whose attention head dims the kernels cover: 40 and 80 in the UNet, 64 in CLIP
 # and in the VAE's single head.
-SMALL_UNET = UNetConfig(block_out_channels=(80, 160), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1, norm_num_groups=16,
-                        attention_head_dim=2, cross_attention_dim=128)  # fmt: skip
+SMALL_UNET = UNetConfig(
+    block_out_channels=(80, 160),
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    layers_per_block=1,
+    norm_num_groups=16,
+    attention_head_dim=2,
+    cross_attention_dim=128,
+)
 SMALL_TEXT = CLIPTextConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2)
-SMALL_VAE = VAEConfig(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
-                      up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=16)  # fmt: skip
+SMALL_VAE = VAEConfig(
+    block_out_channels=(32, 64),
+    down_block_types=("DownEncoderBlock2D",) * 2,
+    up_block_types=("UpDecoderBlock2D",) * 2,
+    layers_per_block=1,
+    norm_num_groups=16,
+)
 
 
 def take_gpu_code_path(patch):
@@ -84,16 +98,31 @@ def take_gpu_code_path(patch):
 
 
 MODELS = {  # name: (model, its inputs, the call, the kernels it must launch, its attention head dims)
-    "unet": (lambda: UNet2DConditionModel(SMALL_UNET),
-             lambda rng: (rng.standard_normal((2, 4, 8, 8), dtype=np.float32),
-                          rng.standard_normal((2, 77, 128), dtype=np.float32)),
-             lambda m, sample, context: m(sample, 981, context),
-             {"im2col", "group_norm", "layer_norm", "silu", "geglu"}, (40, 80)),
-    "text": (lambda: CLIPTextModel(SMALL_TEXT), lambda rng: (rng.integers(0, 49408, (2, 77)),), lambda m, ids: m(ids),
-             {"layer_norm", "silu"}, (64,)),
-    "vae": (lambda: AutoencoderKL(SMALL_VAE), lambda rng: (rng.standard_normal((1, 4, 8, 8), dtype=np.float32),),
-            lambda m, latents: m.decode(latents), {"im2col", "group_norm", "silu"}, (64,)),
-}  # fmt: skip
+    "unet": (
+        lambda: UNet2DConditionModel(SMALL_UNET),
+        lambda rng: (
+            rng.standard_normal((2, 4, 8, 8), dtype=np.float32),
+            rng.standard_normal((2, 77, 128), dtype=np.float32),
+        ),
+        lambda m, sample, context: m(sample, 981, context),
+        {"im2col", "group_norm", "layer_norm", "silu", "geglu"},
+        (40, 80),
+    ),
+    "text": (
+        lambda: CLIPTextModel(SMALL_TEXT),
+        lambda rng: (rng.integers(0, 49408, (2, 77)),),
+        lambda m, ids: m(ids),
+        {"layer_norm", "silu"},
+        (64,),
+    ),
+    "vae": (
+        lambda: AutoencoderKL(SMALL_VAE),
+        lambda rng: (rng.standard_normal((1, 4, 8, 8), dtype=np.float32),),
+        lambda m, latents: m.decode(latents),
+        {"im2col", "group_norm", "silu"},
+        (64,),
+    ),
+}
 
 
 @pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-5), ("float16", 3e-3)])

@@ -7,16 +7,15 @@ variance ~1e-6, where a wrong eps is a large error, and are compared with diffus
 import numpy as np
 import pytest
 
+from helpers import relative_error, require_reference
 from minisd.backend import Backend
 from minisd.blocks import ResnetBlock2D
 from minisd.unet import Transformer2DModel, UNetConfig
 from minisd.vae import UNetMidBlock2D, VAEConfig
 from minisd.weights import load_module
-from helpers import require_reference
 
 require_reference()  # skips the module, saying why, without torch/diffusers/transformers
-from helpers import relative_error
-from reference import randomize, to_numpy
+from reference import randomize, to_numpy  # noqa: E402
 
 pytestmark = pytest.mark.reference
 
@@ -39,8 +38,12 @@ def quiet():
 def test_spatial_transformer_group_norm_eps(quiet):
     from diffusers.models.transformers.transformer_2d import Transformer2DModel as Reference
 
-    theirs = randomize(Reference(num_attention_heads=2, attention_head_dim=16, in_channels=32,
-                                 cross_attention_dim=24, norm_num_groups=32), seed=1)  # fmt: skip
+    theirs = randomize(
+        Reference(
+            num_attention_heads=2, attention_head_dim=16, in_channels=32, cross_attention_dim=24, norm_num_groups=32
+        ),
+        seed=1,
+    )
     context = np.random.default_rng(1).standard_normal((1, 77, 24), dtype=np.float32)
     ours = Transformer2DModel(32, 2, 24, 1, UNetConfig(norm_num_groups=32))
     error = compare(ours, theirs, quiet, context, call=lambda m, x, c: m(x, encoder_hidden_states=c).sample)
@@ -59,7 +62,16 @@ def test_unet_resnet_group_norm_eps(quiet):
 def test_vae_mid_block_eps(quiet):
     from diffusers.models.unets.unet_2d_blocks import UNetMidBlock2D as Reference
 
-    theirs = randomize(Reference(in_channels=32, temb_channels=None, resnet_eps=1e-6, resnet_groups=32,
-                                 attention_head_dim=32, add_attention=True), seed=3)  # fmt: skip
+    theirs = randomize(
+        Reference(
+            in_channels=32,
+            temb_channels=None,
+            resnet_eps=1e-6,
+            resnet_groups=32,
+            attention_head_dim=32,
+            add_attention=True,
+        ),
+        seed=3,
+    )
     ours = UNetMidBlock2D(32, VAEConfig(norm_num_groups=32))
     assert compare(ours, theirs, quiet, call=lambda m, x: m(x)) <= 1e-5

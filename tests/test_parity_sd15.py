@@ -11,13 +11,12 @@ import sys
 import numpy as np
 import pytest
 
+from helpers import relative_error, require_reference
 from minisd.backend import Backend
 from minisd.weights import load_component
-from helpers import require_reference
 
 require_reference()  # skips the module, saying why, without torch/diffusers/transformers
-from helpers import relative_error
-from reference import to_numpy
+from reference import to_numpy  # noqa: E402
 
 pytestmark = [pytest.mark.reference, pytest.mark.slow]
 TOLERANCE = 1e-5
@@ -31,6 +30,7 @@ def numpy_backend():
 
 def test_text_encoder(sd15, numpy_backend):
     import torch
+
     from minisd.tokenizer import CLIPTokenizer
 
     folder, (text_encoder, _, _) = sd15
@@ -113,11 +113,15 @@ def test_unet_64x64_batch2_memory(sd15, tmp_path):
     np.savez(tmp_path / "inputs.npz", sample=sample, context=context)
     run = subprocess.run(
         [sys.executable, "-c", FULL_FORWARD, str(folder), str(tmp_path / "inputs.npz"), str(tmp_path / "out.npy")],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     report = json.loads(run.stdout.strip().splitlines()[-1])
-    print(f"\nfull-size UNet forward, 64x64 latent, batch 2: {report['seconds']:.1f} s, "
-          f"peak RSS {report['peak_rss_gb']:.2f} GB")  # fmt: skip
+    print(
+        f"\nfull-size UNet forward, 64x64 latent, batch 2: {report['seconds']:.1f} s, "
+        f"peak RSS {report['peak_rss_gb']:.2f} GB"
+    )
     with torch.no_grad():
         theirs = unet(torch.from_numpy(sample), 981, torch.from_numpy(context)).sample
     assert report["peak_rss_gb"] < 8

@@ -30,9 +30,16 @@ def test_text_to_image(tiny, scheduler, negative, size, guidance):
         PROMPT, negative_prompt=negative or None, generator=torch_seed(5), **options
     ).images[0]
     ours = minisd.load(folder)(
-        PROMPT, negative_prompt=negative, steps=8, guidance=guidance, height=height, width=width,
-        scheduler=scheduler, seed=5, progress=False,
-    )  # fmt: skip
+        PROMPT,
+        negative_prompt=negative,
+        steps=8,
+        guidance=guidance,
+        height=height,
+        width=width,
+        scheduler=scheduler,
+        seed=5,
+        progress=False,
+    )
     assert ours.size == theirs.size == (width, height)
     assert max_pixel_difference(ours, theirs) <= 1
 
@@ -45,11 +52,27 @@ def test_several_images_in_one_batch(tiny, guidance):
 
     folder, _ = tiny
     theirs = reference_pipeline(folder, "pndm")(
-        PROMPT, negative_prompt="blurry", num_inference_steps=6, guidance_scale=guidance, height=64, width=48,
-        num_images_per_prompt=3, generator=torch_seed(11),
-    ).images  # fmt: skip
-    ours = minisd.load(folder)(PROMPT, negative_prompt="blurry", steps=6, guidance=guidance, height=64, width=48,
-                               scheduler="pndm", seed=11, num_images=3, progress=False)  # fmt: skip
+        PROMPT,
+        negative_prompt="blurry",
+        num_inference_steps=6,
+        guidance_scale=guidance,
+        height=64,
+        width=48,
+        num_images_per_prompt=3,
+        generator=torch_seed(11),
+    ).images
+    ours = minisd.load(folder)(
+        PROMPT,
+        negative_prompt="blurry",
+        steps=6,
+        guidance=guidance,
+        height=64,
+        width=48,
+        scheduler="pndm",
+        seed=11,
+        num_images=3,
+        progress=False,
+    )
     assert len(ours) == len(theirs) == 3
     assert max_pixel_difference(ours[1], ours[2]) > 10  # three different pictures, not one repeated
     for mine, reference in zip(ours, theirs):
@@ -81,8 +104,9 @@ def test_image_to_image(tiny, scheduler, strength, size):
     if scheduler == "ddim":
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    theirs = pipe(PROMPT, image=image, strength=strength, num_inference_steps=10, negative_prompt="dark",
-                  generator=torch_seed(7)).images[0]  # fmt: skip
+    theirs = pipe(
+        PROMPT, image=image, strength=strength, num_inference_steps=10, negative_prompt="dark", generator=torch_seed(7)
+    ).images[0]
     ours = minisd.load(folder).img2img(
         PROMPT, image, strength=strength, steps=10, negative_prompt="dark", scheduler=scheduler, seed=7, progress=False
     )

@@ -24,7 +24,18 @@ def test_randn_bit_identical_to_torch(seed):
 
     theirs, ours = torch.Generator("cpu").manual_seed(seed), TorchGenerator(seed)
     # SD latents at 512x512 and 64x64, odd sizes (tails redrawn), and the small path (< 16 values)
-    for shape in [(1, 4, 64, 64), (2, 4, 96, 96), (1, 4, 8, 8), (2, 4, 6, 10), (17,), (33, 3), (5,), (1,), (16,), (3, 1)]:
+    for shape in [
+        (1, 4, 64, 64),
+        (2, 4, 96, 96),
+        (1, 4, 8, 8),
+        (2, 4, 6, 10),
+        (17,),
+        (33, 3),
+        (5,),
+        (1,),
+        (16,),
+        (3, 1),
+    ]:
         expected = torch.randn(shape, generator=theirs).numpy()
         drawn = ours.standard_normal(shape)
         assert drawn.shape == expected.shape and drawn.dtype == np.float32
@@ -36,8 +47,11 @@ def test_cephes_functions_are_accurate():
     x = np.random.default_rng(0).uniform(2.0**-24, 1, 100_000).astype(np.float32)
     theta = (np.float32(2 * np.pi) * x).astype(np.float32)
     sin, cos = cephes_sincos(theta)
-    for ours, exact in [(cephes_log(x), np.log(x.astype(np.float64))), (sin, np.sin(theta.astype(np.float64))),
-                        (cos, np.cos(theta.astype(np.float64)))]:  # fmt: skip
+    for ours, exact in [
+        (cephes_log(x), np.log(x.astype(np.float64))),
+        (sin, np.sin(theta.astype(np.float64))),
+        (cos, np.cos(theta.astype(np.float64))),
+    ]:
         assert np.all(np.abs(ours - exact) <= 2 * np.spacing(np.abs(exact).astype(np.float32)) + 1e-12)
 
 

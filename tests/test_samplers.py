@@ -26,10 +26,10 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import SD15_SCHEDULER as SD15
-from helpers import assert_close, require_reference
 
 import minisd
+from helpers import SD15_SCHEDULER as SD15
+from helpers import assert_close, require_reference
 from minisd.cli import parse_args
 from minisd.schedulers import (
     SCHEDULERS,
@@ -387,6 +387,7 @@ PROMPT = "a red circle on a white background"
 def reference_with(folder, name, img2img=False):
     """diffusers' pipeline on the folder, switched to the sampler as a user does: from_config."""
     import diffusers
+
     from reference import reference_pipeline
 
     pipe = reference_pipeline(folder)
@@ -446,13 +447,12 @@ def test_live_image_to_image(tiny, name, strength):
 @pytest.mark.parametrize("name", ["euler_a", "dpmpp_2m"])
 def test_live_embedded_model(name):
     """The shipped model's zero-SNR, v-prediction, trailing schedule through the sigma samplers."""
-    from helpers import max_pixel_difference
-    from reference import torch_seed
-
-    from minisd.weights import default_model_folder
-
     import diffusers
     import torch
+
+    from helpers import max_pixel_difference
+    from minisd.weights import default_model_folder
+    from reference import torch_seed
 
     folder = default_model_folder()
     pipe = diffusers.StableDiffusionPipeline.from_pretrained(

@@ -13,7 +13,6 @@ import pytest
 
 from helpers import SD15_SCHEDULER as SD15
 from helpers import assert_close
-
 from minisd.schedulers import DDIMScheduler, PNDMScheduler, make_scheduler
 
 FIXTURE = np.load(Path(__file__).parent / "fixtures" / "schedulers.npz")
@@ -56,7 +55,10 @@ def test_alphas_cumprod_closed_form(schedule):
     elif schedule == "linear":
         want = np.cumprod(1 - np.linspace(0.00085, 0.012, T))
     else:  # telescoping product: alpha_bar_t = f((t+1)/T) / f(0); the last beta is capped
-        f = lambda s: math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
+
+        def f(s):
+            return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
+
         want = np.array([f((t + 1) / T) / f(0) for t in range(T - 1)])
     for scheduler in (PNDMScheduler(config), DDIMScheduler(config)):
         got = scheduler.alphas_cumprod

@@ -117,13 +117,25 @@ def test_v_prediction_pipeline(tiny_sd2, scheduler):
     import torch
 
     theirs = reference_pipeline(tiny_sd2, scheduler)(
-        PROMPTS[0], negative_prompt="blurry", num_inference_steps=8, guidance_scale=6.0, height=64, width=64,
+        PROMPTS[0],
+        negative_prompt="blurry",
+        num_inference_steps=8,
+        guidance_scale=6.0,
+        height=64,
+        width=64,
         generator=torch.Generator("cpu").manual_seed(21),
-    ).images[0]  # fmt: skip
+    ).images[0]
     ours = minisd.load(tiny_sd2)(
-        PROMPTS[0], negative_prompt="blurry", steps=8, guidance=6.0, height=64, width=64, scheduler=scheduler,
-        seed=21, progress=False,
-    )  # fmt: skip
+        PROMPTS[0],
+        negative_prompt="blurry",
+        steps=8,
+        guidance=6.0,
+        height=64,
+        width=64,
+        scheduler=scheduler,
+        seed=21,
+        progress=False,
+    )
     assert max_pixel_difference(ours, theirs) <= 1
 
 
@@ -144,13 +156,24 @@ def test_clip_skip_pipeline(tiny):
         prompt_embeds = text_encoder.final_layer_norm(hidden)
         negative_embeds = text_encoder(ids[1]).last_hidden_state
     theirs = reference_pipeline(folder, "ddim")(
-        prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds, num_inference_steps=6, height=64,
-        width=64, generator=torch.Generator("cpu").manual_seed(22),
-    ).images[0]  # fmt: skip
+        prompt_embeds=prompt_embeds,
+        negative_prompt_embeds=negative_embeds,
+        num_inference_steps=6,
+        height=64,
+        width=64,
+        generator=torch.Generator("cpu").manual_seed(22),
+    ).images[0]
     ours = minisd.load(folder)(
-        PROMPTS[0], negative_prompt="blurry", steps=6, height=64, width=64, scheduler="ddim", clip_skip=2,
-        seed=22, progress=False,
-    )  # fmt: skip
+        PROMPTS[0],
+        negative_prompt="blurry",
+        steps=6,
+        height=64,
+        width=64,
+        scheduler="ddim",
+        clip_skip=2,
+        seed=22,
+        progress=False,
+    )
     assert max_pixel_difference(ours, theirs) <= 1
 
 

@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 
 import minisd
-from helpers import SD15_SCHEDULER
+from helpers import SD15_SCHEDULER, require_reference
 from minisd.schedulers import SCHEDULERS
-from helpers import require_reference
 from minisd.weights import WeightsError
 
 pytestmark = pytest.mark.reference
@@ -25,26 +24,61 @@ from reference import SD21_SCHEDULER, TINY_VAE, build_models, save_model_folder 
 
 # Small models that keep SD's conventions (detection relies on them): 2 ResNets per level,
 # 8 heads (SD 1) or 64-wide heads (SD 2), 64-wide text heads, 4 latent channels.
-SMALL_UNET = dict(sample_size=8, block_out_channels=(64, 128), layers_per_block=2,
-                  down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), norm_num_groups=32)  # fmt: skip
+SMALL_UNET = dict(
+    sample_size=8,
+    block_out_channels=(64, 128),
+    layers_per_block=2,
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    norm_num_groups=32,
+)
 FAMILIES = {
-    "sd1": dict(text=dict(hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=1,
-                          hidden_act="quick_gelu", vocab_size=49408, max_position_embeddings=77),
-                unet={**SMALL_UNET, "cross_attention_dim": 64, "attention_head_dim": 8}, scheduler=SD15_SCHEDULER),
-    "sd2": dict(text=dict(hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=1,
-                          hidden_act="gelu", vocab_size=49408, max_position_embeddings=77),
-                unet={**SMALL_UNET, "cross_attention_dim": 64, "attention_head_dim": (1, 2),
-                      "use_linear_projection": True}, scheduler=SD21_SCHEDULER),
-}  # fmt: skip
-VAE = {**TINY_VAE, "block_out_channels": (32, 64), "layers_per_block": 2,
-       "down_block_types": ("DownEncoderBlock2D",) * 2, "up_block_types": ("UpDecoderBlock2D",) * 2}  # fmt: skip
+    "sd1": dict(
+        text=dict(
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=3,
+            num_attention_heads=1,
+            hidden_act="quick_gelu",
+            vocab_size=49408,
+            max_position_embeddings=77,
+        ),
+        unet={**SMALL_UNET, "cross_attention_dim": 64, "attention_head_dim": 8},
+        scheduler=SD15_SCHEDULER,
+    ),
+    "sd2": dict(
+        text=dict(
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=3,
+            num_attention_heads=1,
+            hidden_act="gelu",
+            vocab_size=49408,
+            max_position_embeddings=77,
+        ),
+        unet={**SMALL_UNET, "cross_attention_dim": 64, "attention_head_dim": (1, 2), "use_linear_projection": True},
+        scheduler=SD21_SCHEDULER,
+    ),
+}
+VAE = {
+    **TINY_VAE,
+    "block_out_channels": (32, 64),
+    "layers_per_block": 2,
+    "down_block_types": ("DownEncoderBlock2D",) * 2,
+    "up_block_types": ("UpDecoderBlock2D",) * 2,
+}
 
 
 # ---- diffusers names -> original names, written out -------------------------------------------
 
-RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "norm2": "out_layers.0",
-          "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}  # fmt: skip
+RESNET = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+}
 VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 
 
@@ -64,12 +98,15 @@ def unet_key(key, attention_levels, levels):
     if head == "down_blocks":
         if kind == "downsamplers":
             return ".".join([f"input_blocks.{3 * level + 3}.0.op", *tail[1:]])
-        return ".".join([f"input_blocks.{1 + 3 * level + int(i)}.{1 if kind == 'attentions' else 0}",
-                         *resnet_inner(kind, tail)])  # fmt: skip
+        return ".".join(
+            [f"input_blocks.{1 + 3 * level + int(i)}.{1 if kind == 'attentions' else 0}", *resnet_inner(kind, tail)]
+        )
     if kind == "upsamplers":
         slot = 2 if (levels - 1 - level) in attention_levels else 1  # after the attention, if any
         return ".".join([f"output_blocks.{3 * level + 2}.{slot}.conv", *tail[1:]])
-    return ".".join([f"output_blocks.{3 * level + int(i)}.{1 if kind == 'attentions' else 0}", *resnet_inner(kind, tail)])
+    return ".".join(
+        [f"output_blocks.{3 * level + int(i)}.{1 if kind == 'attentions' else 0}", *resnet_inner(kind, tail)]
+    )
 
 
 def resnet_inner(kind, tail):
@@ -95,10 +132,17 @@ def vae_key(key, levels):
 
 def openclip_text(state, width):
     """transformers CLIPTextModel (SD 2 style) -> OpenCLIP keys: fused in_proj, one extra last block."""
-    out = {"cond_stage_model.model.text_projection": np.eye(width, dtype=np.float32),
-           "cond_stage_model.model.logit_scale": np.array(4.6, dtype=np.float32)}  # fmt: skip
-    names = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "self_attn.out_proj": "attn.out_proj",
-             "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}  # fmt: skip
+    out = {
+        "cond_stage_model.model.text_projection": np.eye(width, dtype=np.float32),
+        "cond_stage_model.model.logit_scale": np.array(4.6, dtype=np.float32),
+    }
+    names = {
+        "layer_norm1": "ln_1",
+        "layer_norm2": "ln_2",
+        "self_attn.out_proj": "attn.out_proj",
+        "mlp.fc1": "mlp.c_fc",
+        "mlp.fc2": "mlp.c_proj",
+    }
     layers = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("encoder.layers."))
     for key, value in state.items():
         if key == "embeddings.token_embedding.weight":
@@ -197,7 +241,9 @@ def test_single_file_gives_the_folders_picture(checkpoint, scheduler):
     _, folder, file = checkpoint
     from_folder, from_file = minisd.load(folder), minisd.load(file, config={"image_size": 64})
     options = dict(steps=4, height=64, width=64, seed=3, scheduler=scheduler, progress=False)
-    assert np.array_equal(np.asarray(from_file("a red circle", **options)), np.asarray(from_folder("a red circle", **options)))
+    assert np.array_equal(
+        np.asarray(from_file("a red circle", **options)), np.asarray(from_folder("a red circle", **options))
+    )
 
 
 def test_detection_and_overrides(checkpoint):

@@ -36,7 +36,13 @@ SCHEDULERS = {
     "heun": HeunDiscreteScheduler,
 }
 
-__all__ = ["SCHEDULERS", "Scheduler", "make_scheduler", "scheduler_name", *(cls.__name__ for cls in SCHEDULERS.values())]
+__all__ = [
+    "SCHEDULERS",
+    "Scheduler",
+    "make_scheduler",
+    "scheduler_name",
+    *(cls.__name__ for cls in SCHEDULERS.values()),
+]
 
 
 def scheduler_name(config):

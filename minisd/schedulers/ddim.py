@@ -7,6 +7,7 @@ import numpy as np
 
 from .schedule import ScheduleConfig, Scheduler, clip_x0, predict_x0_and_noise, require_noise
 
+
 @dataclass(frozen=True)
 class DDIMConfig(ScheduleConfig):
     set_alpha_to_one: bool = True

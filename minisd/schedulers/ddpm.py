@@ -7,6 +7,7 @@ import numpy as np
 
 from .schedule import ScheduleConfig, Scheduler, clip_x0, predict_x0_and_noise, require_noise, spaced_timesteps
 
+
 @dataclass(frozen=True)
 class DDPMConfig(ScheduleConfig):
     clip_sample: bool = True

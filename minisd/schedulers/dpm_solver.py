@@ -9,6 +9,7 @@ import numpy as np
 from .schedule import spaced_timesteps
 from .sigmas import ONLY_KARRAS, EulerConfig, SigmaScheduler, sigma_to_t
 
+
 class DPMSolverMultistepScheduler(SigmaScheduler):
     """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2), the SD defaults.
 

@@ -7,6 +7,7 @@ import numpy as np
 from .schedule import clip_x0, require_noise
 from .sigmas import ONLY_KARRAS, EulerAncestralConfig, EulerConfig, HeunConfig, SigmaScheduler, ode_derivative
 
+
 class EulerDiscreteScheduler(SigmaScheduler):
     """Euler's method on the ODE: x_{i+1} = x_i + (sigma_{i+1} - sigma_i) d_i, d_i = dx/dsigma.
 

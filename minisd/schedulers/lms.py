@@ -7,6 +7,7 @@ from numpy.polynomial import Polynomial
 
 from .sigmas import ONLY_KARRAS, LMSConfig, SigmaScheduler, ode_derivative
 
+
 class LMSDiscreteScheduler(SigmaScheduler):
     """Linear multistep: integrate the polynomial through the last (up to 4) derivatives.
 

@@ -7,6 +7,7 @@ import numpy as np
 
 from .schedule import ScheduleConfig, Scheduler
 
+
 @dataclass(frozen=True)
 class PNDMConfig(ScheduleConfig):
     set_alpha_to_one: bool = False

@@ -25,6 +25,7 @@ import numpy as np
 
 from .schedule import ScheduleConfig, Scheduler, spaced_timesteps
 
+
 @dataclass(frozen=True)
 class SigmaConfig(ScheduleConfig):
     timestep_spacing: str = "linspace"

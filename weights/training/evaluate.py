@@ -66,9 +66,15 @@ def main():
     parser.add_argument("--seeds", type=int, default=3, help="pictures per combination")
     parser.add_argument("--guidance", type=float, help="default: the model's")
     parser.add_argument("--steps", type=int, help="default: the model's")
-    parser.add_argument("--first-seed", type=int, default=FIRST_SEED,
-                        help="choose defaults on other seeds (e.g. 20000) than the reported evaluation")
-    parser.add_argument("--held-out", action="store_true", help="also score shapes.HELD_OUT apart (train.py --hold-out)")
+    parser.add_argument(
+        "--first-seed",
+        type=int,
+        default=FIRST_SEED,
+        help="choose defaults on other seeds (e.g. 20000) than the reported evaluation",
+    )
+    parser.add_argument(
+        "--held-out", action="store_true", help="also score shapes.HELD_OUT apart (train.py --hold-out)"
+    )
     args = parser.parse_args()
     pipe = minisd.load(args.weights)
     options = {k: v for k, v in (("guidance", args.guidance), ("steps", args.steps)) if v is not None}
@@ -78,11 +84,18 @@ def main():
     if args.held_out:
         groups["held out"] = [r for r in records if r["combination"] in HELD_OUT]
         groups["seen"] = [r for r in records if r["combination"] not in HELD_OUT]
-    report = {"seeds_per_combination": args.seeds, "first_seed": args.first_seed, "options": {**pipe.defaults, **options},
-              "seconds": round(time.time() - started), "accuracy": {}}  # fmt: skip
+    report = {
+        "seeds_per_combination": args.seeds,
+        "first_seed": args.first_seed,
+        "options": {**pipe.defaults, **options},
+        "seconds": round(time.time() - started),
+        "accuracy": {},
+    }
     for name, group in groups.items():
         report["accuracy"][name] = {key: round(float(value), 4) for key, value in accuracy(group).items()}
-        print(f"{name} ({len(group)} pictures): " + ", ".join(f"{k} {v:.1%}" for k, v in report["accuracy"][name].items()))
+        print(
+            f"{name} ({len(group)} pictures): " + ", ".join(f"{k} {v:.1%}" for k, v in report["accuracy"][name].items())
+        )
     report["misses"] = [r for r in records if tuple(r["judged"]) != expected(r["combination"])]
     folder = Path(args.weights)
     (folder / "evaluation.json").write_text(json.dumps(report, indent=2, default=str) + "\n")

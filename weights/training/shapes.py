@@ -24,8 +24,14 @@ BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0), "gray": (128, 128, 
 COMBINATIONS = [(c, s, b) for c in COLOURS for s in SHAPES for b in BACKGROUNDS]  # 54
 # The composition experiment trains without these (each colour once, each shape and background
 # twice) and then asks for them: words the model knows, in combinations it never saw.
-HELD_OUT = [("red", "triangle", "gray"), ("green", "square", "black"), ("blue", "circle", "white"),
-            ("yellow", "square", "gray"), ("purple", "circle", "black"), ("orange", "triangle", "white")]  # fmt: skip
+HELD_OUT = [
+    ("red", "triangle", "gray"),
+    ("green", "square", "black"),
+    ("blue", "circle", "white"),
+    ("yellow", "square", "gray"),
+    ("purple", "circle", "black"),
+    ("orange", "triangle", "white"),
+]
 
 
 def caption(colour, shape, background=None):

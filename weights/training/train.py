@@ -57,7 +57,9 @@ class Run:
 
 
 MAIN_RUN = Run(COMBINATIONS, ROOT / "weights" / "minisd-shapes", HERE / "checkpoints")
-HELD_OUT_RUN = Run([c for c in COMBINATIONS if c not in HELD_OUT], HERE / "held-out-model", HERE / "checkpoints-held-out")
+HELD_OUT_RUN = Run(
+    [c for c in COMBINATIONS if c not in HELD_OUT], HERE / "held-out-model", HERE / "checkpoints-held-out"
+)
 IMAGES_PER_COMBINATION = 160
 VAE_STEPS, VAE_BATCH = 4000, 16
 CLIP_STEPS = 1500
@@ -86,8 +88,15 @@ VAE_CONFIG = dict(
     norm_num_groups=8,
     sample_size=64,
 )
-TEXT_CONFIG = dict(vocab_size=49408, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
-                   num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu")  # fmt: skip
+TEXT_CONFIG = dict(
+    vocab_size=49408,
+    hidden_size=64,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+)
 UNET_CONFIG = dict(
     sample_size=8,
     block_out_channels=(64, 96, 128),
@@ -145,9 +154,14 @@ def load_checkpoint(path, modules, optimizer, generator):
 
 def save_checkpoint(path, step, seconds, modules, optimizer, generator):
     path.parent.mkdir(exist_ok=True)
-    state = {"step": step, "seconds": seconds, "modules": {n: m.state_dict() for n, m in modules.items()},
-             "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-             "data_rng": generator.get_state()}  # fmt: skip
+    state = {
+        "step": step,
+        "seconds": seconds,
+        "modules": {n: m.state_dict() for n, m in modules.items()},
+        "optimizer": optimizer.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "data_rng": generator.get_state(),
+    }
     torch.save(state, path.with_suffix(".tmp"))
     path.with_suffix(".tmp").replace(path)  # never a half-written checkpoint
 
@@ -272,7 +286,9 @@ def train_clip(run, labels, pixels, tokenizer):
     with torch.no_grad():  # zero-shot accuracy on fresh pictures
         rng = np.random.default_rng(99)
         fresh = torch.stack([torch.tensor(draw(*c, rng)).permute(2, 0, 1).float() / 127.5 - 1 for c in combinations])
-        similarity = F.normalize(image_tower(fresh), dim=-1) @ F.normalize(text_projection(pooled(text_encoder, ids)), dim=-1).T
+        similarity = (
+            F.normalize(image_tower(fresh), dim=-1) @ F.normalize(text_projection(pooled(text_encoder, ids)), dim=-1).T
+        )
         accuracy = (similarity.argmax(dim=1) == torch.arange(len(combinations))).float().mean().item()
     log("clip", f"zero-shot image->caption accuracy on fresh pictures: {accuracy:.1%}")
     return text_encoder.eval(), image_tower.eval(), text_projection, logit_scale, accuracy
@@ -310,8 +326,10 @@ def train_unet(run, labels, latents, latent_std, text_encoder, tokenizer, scalin
         picks = torch.randint(len(latents), (UNET_BATCH,), generator=order)
         x0 = (latents[picks] + latent_std[picks] * torch.randn(latents[picks].shape, generator=order)) * scaling_factor
         form = torch.rand(UNET_BATCH, generator=order)  # 10% empty, 30% short, 60% full captions
-        rows = [empty if f < 0.1 else short_index[labels[i]] if f < 0.4 else full_index[labels[i]]
-                for f, i in zip(form.tolist(), picks.tolist())]  # fmt: skip
+        rows = [
+            empty if f < 0.1 else short_index[labels[i]] if f < 0.4 else full_index[labels[i]]
+            for f, i in zip(form.tolist(), picks.tolist())
+        ]
         t = torch.randint(0, 1000, (UNET_BATCH,), generator=order)
         noise = torch.randn(x0.shape, generator=order)
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
@@ -345,11 +363,18 @@ def save(output, vae, text_encoder, unet, image_tower, text_projection, logit_sc
     CLIPTokenizer.default().save(output / "tokenizer")
     (output / "scheduler").mkdir(exist_ok=True)
     (output / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER, indent=2))
-    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
-             "tokenizer": ["transformers", "CLIPTokenizer"], "text_encoder": ["transformers", "CLIPTextModel"],
-             "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-             "scheduler": ["diffusers", "DDIMScheduler"], "safety_checker": [None, None],
-             "feature_extractor": [None, None], "requires_safety_checker": False}  # fmt: skip
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": "0.42.1",
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "safety_checker": [None, None],
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+    }
     (output / "model_index.json").write_text(json.dumps(index, indent=2))
     (output / "minisd.json").write_text(json.dumps({"defaults": DEFAULTS}, indent=2))
     clip = output / "clip"  # the contrastive half of CLIP, for the chapter on how CLIP is trained
@@ -358,10 +383,16 @@ def save(output, vae, text_encoder, unet, image_tower, text_projection, logit_sc
     tensors["text_projection.weight"] = text_projection.weight.detach().half()
     tensors["logit_scale"] = logit_scale.detach().reshape(1).half()
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(clip / "model.safetensors"))
-    (clip / "config.json").write_text(json.dumps(
-        {"image_tower": "4 stride-2 conv3x3 (3->16->32->64->64) each + SiLU, mean pool, linear 64->64",
-         "text_embedding": "text_encoder last_hidden_state at the EOS token, then text_projection",
-         "zero_shot_accuracy": report["clip_accuracy"]}, indent=2))  # fmt: skip
+    (clip / "config.json").write_text(
+        json.dumps(
+            {
+                "image_tower": "4 stride-2 conv3x3 (3->16->32->64->64) each + SiLU, mean pool, linear 64->64",
+                "text_embedding": "text_encoder last_hidden_state at the EOS token, then text_projection",
+                "zero_shot_accuracy": report["clip_accuracy"],
+            },
+            indent=2,
+        )
+    )
     (output / "training-report.json").write_text(json.dumps(report, indent=2))
 
 
@@ -381,15 +412,23 @@ def main():
     with torch.no_grad():
         recon = vae.decode(means[:512]).sample.clamp(-1, 1)
     psnr = float(10 * torch.log10(4 / F.mse_loss(recon, pixels[:512])))
-    log("vae", f"reconstruction PSNR {psnr:.2f} dB, latent std {means.std():.4f} -> scaling_factor {scaling_factor:.5f}")
+    log(
+        "vae", f"reconstruction PSNR {psnr:.2f} dB, latent std {means.std():.4f} -> scaling_factor {scaling_factor:.5f}"
+    )
     labels, pixels, means, stds = keep(run.combinations, labels, pixels, means, stds)
     text_encoder, image_tower, text_projection, logit_scale, clip_accuracy = train_clip(run, labels, pixels, tokenizer)
     unet = train_unet(run, labels, means, stds, text_encoder, tokenizer, scaling_factor)
     minutes = (time.time() - started) / 60
-    report = {"vae_psnr_db": round(psnr, 2), "scaling_factor": scaling_factor, "clip_accuracy": clip_accuracy,
-              "combinations": len(run.combinations), "minutes_this_run": round(minutes, 1),
-              "training_minutes_by_stage": run.minutes,
-              "torch": torch.__version__, "threads": torch.get_num_threads()}  # fmt: skip
+    report = {
+        "vae_psnr_db": round(psnr, 2),
+        "scaling_factor": scaling_factor,
+        "clip_accuracy": clip_accuracy,
+        "combinations": len(run.combinations),
+        "minutes_this_run": round(minutes, 1),
+        "training_minutes_by_stage": run.minutes,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
     save(run.output, vae, text_encoder, unet, image_tower, text_projection, logit_scale, scaling_factor, report)
     log("done", f"{minutes:.1f} min; wrote {run.output}")
 
