@@ -173,14 +173,14 @@ class Pipeline:
 
     # ------------------------------------------------------------ public API
 
-    def __call__(self, prompt, negative_prompt="", progress=True, **options):
+    def __call__(self, prompt, negative_prompt="", *, progress=True, **options):
         """Text to image: a PIL image, or with num_images > 1 a list of them, denoised together
         as one batch through the UNet (their noise drawn at once, as diffusers'
         num_images_per_prompt does). `options`: the fields of `Options`."""
         images = self.generate(prompt, self.options(negative_prompt=negative_prompt, **options), progress)
         return images[0] if len(images) == 1 else images
 
-    def img2img(self, prompt, image, strength=0.8, progress=True, **options):
+    def img2img(self, prompt, image, strength=0.8, *, progress=True, **options):
         """Image to image: noise `image` up to `strength` (0 < strength <= 1), then denoise."""
         return self.generate(prompt, self.options(image=image, strength=strength, **options), progress)[0]
 

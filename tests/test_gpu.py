@@ -141,19 +141,19 @@ def test_fp16_picture_close_to_numpy(scheduler):
 # ---------------------------------------------------------------- the attention kernel
 
 
+# every head dim at the short lengths; 4096 tokens (a slow float64 reference) for head dims 40 and 64
+SHAPES = [(d, lengths) for d in cuda.ATTENTION_HEAD_DIMS for lengths in [(300, 77), (77, 77), (33, 130)]]
+SHAPES += [(40, (4096, 4096)), (64, (4096, 4096))]
+
+
 @pytest.mark.parametrize(
     "dtype, tolerance, tensor_cores",
     [("float32", 1e-5, False), ("float16", 2e-3, False), ("float16", 2e-3, True)],
     ids=["float32", "float16", "float16-tensor-cores"],
 )
-@pytest.mark.parametrize("head_dim", cuda.ATTENTION_HEAD_DIMS)
-@pytest.mark.parametrize(
-    "lengths", [(4096, 4096), (300, 77), (77, 77), (33, 130)], ids=lambda lengths: f"{lengths[0]}x{lengths[1]}"
-)
+@pytest.mark.parametrize("head_dim, lengths", SHAPES, ids=[f"d{d}-{q}x{k}" for d, (q, k) in SHAPES])
 @pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
 def test_attention_kernel_against_float64(dtype, tolerance, tensor_cores, head_dim, lengths, masked):
-    if lengths[0] == 4096 and head_dim not in (40, 64):  # the 4096-token float64 reference is slow
-        pytest.skip("4096 tokens checked for head dims 40 and 64")
     if tensor_cores and not cuda.has_tensor_cores():
         pytest.skip("kernels/attention_tc.cu needs an Ampere (sm_80) or later GPU")
     kernel_checks.check_attention(cupy, dtype, tolerance, head_dim, lengths, masked, tensor_cores)

@@ -8,8 +8,10 @@ images must agree within 1 level of 255 everywhere, with nothing injected.
 import pytest
 
 import minisd
-from helpers import init_image, max_pixel_difference
-from reference import torch_seed
+from helpers import init_image, max_pixel_difference, require_reference
+
+require_reference()  # skips the module, saying why, without torch/diffusers/transformers
+from reference import torch_seed  # noqa: E402
 
 pytestmark = pytest.mark.reference
 
