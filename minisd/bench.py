@@ -21,6 +21,8 @@ guidance (minisd's Pipeline against diffusers' StableDiffusionPipeline).
 
 import argparse
 import json
+import os
+import platform
 import resource
 import subprocess
 import sys
@@ -245,7 +247,18 @@ def device_memory(backend, reference):
     return backend.xp.get_default_memory_pool().total_bytes(), reference.peak_memory() if reference else None
 
 
+def cpu_name():
+    """The processor's model name (Linux's /proc/cpuinfo) and its core count: a CPU speed claim names it."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            name = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        name = platform.processor() or platform.machine()
+    return f"{name}, {os.cpu_count()} cores"
+
+
 def run_benchmarks(args, backend):
+    print(f"CPU: {cpu_name()}")
     try:
         reference = Reference(backend)
     except ImportError:
