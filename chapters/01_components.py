@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 from matplotlib.patches import FancyBboxPatch
 
 import common
-from minisd.pipeline import to_pil
+from minisd.images import to_pil
 
 args = common.options("Chapter 1: the three components, the tensors between them, their times")
 pipe = common.load_model(args)

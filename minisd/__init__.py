@@ -8,9 +8,10 @@ image = pipe("a red circle on a white background", steps=25, seed=0)
 from .backend import Backend
 from .ops import fast_paths
 from .pipeline import Options, Pipeline, Step, load
-from .weights import WeightsError, default_model_folder
+from .errors import ConfigError, WeightsError
+from .weights import default_model_folder
 
-__all__ = ["Backend", "Options", "Pipeline", "Step", "WeightsError", "fast_paths", "generate", "load"]
+__all__ = ["Backend", "ConfigError", "Options", "Pipeline", "Step", "WeightsError", "fast_paths", "generate", "load"]
 __version__ = "0.1.0"
 
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from . import ops
 from .backend import array_module
-from .layers import Embedding, LayerNorm, Linear, activation
-from .module import Config, Module
+from .layers import ACTIVATIONS, Embedding, LayerNorm, Linear, activation
+from .module import Config, Module, Rules, positive_integers
 
 
 @dataclass
@@ -23,6 +23,15 @@ class CLIPTextConfig(Config):
     max_position_embeddings: int = 77
     hidden_act: str = "quick_gelu"
     layer_norm_eps: float = 1e-5
+
+    def check(self, source):
+        must = Rules(source, self)
+        sizes = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "max_position_embeddings")
+        for key in (*sizes, "num_attention_heads"):
+            must(key, positive_integers([getattr(self, key)]), "an integer >= 1")
+        must("num_attention_heads", self.hidden_size % self.num_attention_heads == 0, "a divisor of hidden_size")
+        must("hidden_act", self.hidden_act in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}")
+        must("layer_norm_eps", self.layer_norm_eps > 0, "> 0")
 
 
 class CLIPTextModel(Module):

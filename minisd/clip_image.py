@@ -20,9 +20,11 @@ from pathlib import Path
 
 from . import ops
 from .backend import Backend, array_module
+from .errors import WeightsError
 from .layers import Conv2d, Linear
 from .module import Module, Param
-from .weights import WeightsError, load_module, read_safetensors
+from .safetensors_file import read_safetensors
+from .weights import load_module
 
 
 class ImageTower(Module):

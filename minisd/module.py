@@ -8,16 +8,87 @@ loader (weights.py) fills them. Nothing here computes; the equations are in nn.p
 
 import contextlib
 import dataclasses
+import math
+import types
+
+from .errors import ConfigError
 
 
 class Config:
     """Base for component configs: dataclasses filled from a checkpoint's config.json."""
 
     @classmethod
-    def from_dict(cls, values):
-        """Take the fields this config knows; keys it does not know (`_class_name`...) are ignored."""
-        names = {field.name for field in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in values.items() if key in names})
+    def from_dict(cls, values, source="config"):
+        """The config from a config.json dict, checked: each key this config knows must have the
+        type its field declares, then `check` tests ranges and consistency; keys it does not know
+        (`_class_name`...) are ignored. `source` (the file) is named in every error."""
+        config = cls(**known_fields(cls, values, source))
+        config.check(source)
+        return config
+
+    def check(self, source):
+        """Raise a ConfigError for a value out of range or inconsistent with the others."""
+
+
+def known_fields(cls, values, source):
+    """{key: value} of the keys dataclass `cls` declares, each value checked against its annotation."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source} must hold a JSON object of settings, not a {type(values).__name__}")
+    annotations = {field.name: field.type for field in dataclasses.fields(cls)}
+    known = {key: value for key, value in values.items() if key in annotations}
+    for key, value in known.items():
+        if not fits(value, annotations[key]):
+            raise ConfigError(f"{source}: {key} is {value!r:.80}, but it must be {describe(annotations[key])}")
+    return known
+
+
+def fits(value, annotation):
+    """Whether a JSON value has the declared type (a float may be written as an integer)."""
+    if isinstance(annotation, types.UnionType):
+        return any(fits(value, arm) for arm in annotation.__args__)
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if annotation in (tuple, list):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, annotation)
+
+
+def describe(annotation):
+    names = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        tuple: "a list",
+        list: "a list",
+        type(None): "null",
+    }
+    arms = annotation.__args__ if isinstance(annotation, types.UnionType) else (annotation,)
+    return " or ".join(names.get(arm, arm.__name__) for arm in arms)
+
+
+class Rules:
+    """The range checks of one config, a line each: `must(key, ok, allowed)` raises a ConfigError
+    naming the file, the key, the value found and what is allowed, unless `ok`."""
+
+    def __init__(self, source, config):
+        self.source, self.config = source, config
+
+    def __call__(self, key, ok, allowed, value=None):
+        if not ok:
+            value = getattr(self.config, key) if value is None else value
+            raise ConfigError(f"{self.source}: {key} is {value!r:.80}, but it must be {allowed}")
+
+
+def positive_integers(values):
+    """Whether `values` are all integers >= 1."""
+    return all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in values)
 
 
 class Param:

@@ -10,7 +10,7 @@ away from the unconditional one: ε = ε_uncond + s·(ε_text − ε_uncond).
 """
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy
@@ -18,11 +18,15 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .backend import Backend
+from .errors import ConfigError, read_json
+from .images import from_pil, open_image, to_pil
+from .module import describe, fits, known_fields
 from .ops import fast_paths
 from .rng import TorchGenerator
+from .schedulers import check_config as check_scheduler_config
 from .schedulers import make_scheduler, scheduler_name
 from .single_file import read_single_file
-from .weights import check_model_folder, load_component, load_tokenizer, read_json
+from .weights import check_model_folder, load_component, load_tokenizer
 
 
 @dataclass
@@ -59,22 +63,33 @@ class Options:
     vae_tiling: bool = False  # decode images larger than the model's size in blended tiles
 
     def check(self):
-        """Raise a ValueError naming the first option out of its range, and what it may be."""
-        steps, eta, strength, image, num_images = self.steps, self.eta, self.strength, self.image, self.num_images
-        if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-        if not isinstance(num_images, int) or num_images < 1:
-            raise ValueError(f"num_images must be an integer >= 1, got {num_images!r}")
-        if image is not None and num_images != 1:
+        """Raise a ValueError naming the first option of the wrong type or out of its range, and what it may be."""
+        for name in ("steps", "num_images"):
+            value = getattr(self, name)
+            if not fits(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if not fits(value, field.type):
+                raise ValueError(f"option {field.name} is {value!r:.80}, but it must be {describe(field.type)}")
+        if self.long_prompt not in ("truncate", "chunk"):
+            raise ValueError(f"long_prompt must be 'truncate' or 'chunk', got {self.long_prompt!r}")
+        if self.clip_skip < 0:
+            raise ValueError(f"clip_skip must be >= 0 (layers before the text encoder's last), got {self.clip_skip}")
+        if self.eta < 0:
+            raise ValueError(f"eta must be >= 0 (0 is deterministic DDIM), got {self.eta}")
+        if self.image is not None:
+            self.check_image_to_image()
+
+    def check_image_to_image(self):
+        if self.num_images != 1:
             raise ValueError("num_images applies to text to image; img2img makes one image per call")
-        if eta < 0:
-            raise ValueError(f"eta must be >= 0 (0 is deterministic DDIM), got {eta}")
-        if image is not None and not 0 < strength <= 1:
-            raise ValueError(f"strength must be in (0, 1] (1 ignores the image entirely), got {strength}")
-        if image is not None and int(steps * strength) < 1:
+        if not 0 < self.strength <= 1:
+            raise ValueError(f"strength must be in (0, 1] (1 ignores the image entirely), got {self.strength}")
+        if int(self.steps * self.strength) < 1:
             raise ValueError(
-                f"strength {strength} with {steps} steps leaves no denoising step (int(steps*strength) = 0): "
-                "raise strength or steps"
+                f"strength {self.strength} with {self.steps} steps leaves no denoising step "
+                "(int(steps*strength) = 0): raise strength or steps"
             )
 
 
@@ -152,13 +167,15 @@ class Pipeline:
     def from_folder(cls, path, backend, fast=True):
         check_model_folder(path)
         folder = Path(path)
+        scheduler_file = folder / "scheduler" / "scheduler_config.json"
+        check_scheduler_config(read_json(scheduler_file), scheduler_file)
         vae_backend = _vae_backend(backend, read_json(folder / "vae" / "config.json").get("force_upcast", True))
         return cls(
             tokenizer=load_tokenizer(folder),
             text_encoder=load_component(folder, "text_encoder", backend),
             unet=load_component(folder, "unet", backend),
             vae=load_component(folder, "vae", vae_backend),
-            scheduler_config=read_json(folder / "scheduler" / "scheduler_config.json"),
+            scheduler_config=read_json(scheduler_file),
             backend=backend,
             name=folder.resolve().name,
             vae_backend=vae_backend,
@@ -193,7 +210,7 @@ class Pipeline:
         """An `Options` from keywords, what was left at None filled from the model's defaults, checked."""
         options = Options(**given)
         if isinstance(options.image, (str, Path)):
-            options.image = Image.open(options.image)
+            options.image = open_image(options.image)
         options.steps = self.defaults["steps"] if options.steps is None else options.steps
         options.guidance = self.defaults["guidance"] if options.guidance is None else options.guidance
         options.height, options.width = self._check_size(options.height, options.width, options.image)
@@ -345,7 +362,14 @@ class Pipeline:
 def _folder_defaults(folder):
     """Generation defaults a model folder may carry in minisd.json ({"defaults": {"steps": ...}})."""
     path = folder / "minisd.json"
-    return read_json(path).get("defaults") if path.exists() else None
+    if not path.exists():
+        return None
+    defaults = read_json(path).get("defaults", {})
+    allowed = {"steps", "guidance", "height", "width"}
+    if not isinstance(defaults, dict) or not set(defaults) <= allowed:
+        raise ConfigError(f"{path}: defaults must be an object of {', '.join(sorted(allowed))}, got {defaults!r:.80}")
+    known_fields(Options, defaults, path)  # their types
+    return defaults
 
 
 def _img2img_timesteps(timesteps, steps, strength, order):
@@ -362,15 +386,3 @@ def _warn_if_truncated(tokenizer, prompt):
             f"up to {tokenizer.max_length} tokens: {dropped!r}",
             stacklevel=4,
         )
-
-
-def from_pil(image):
-    """PIL RGB image -> (1, 3, H, W) float32 in [-1, 1]."""
-    pixels = numpy.asarray(image.convert("RGB"), dtype=numpy.float32) / 255.0  # (H, W, 3)
-    return (pixels * 2 - 1).transpose(2, 0, 1)[None]
-
-
-def to_pil(images):
-    """(1, 3, H, W) in [-1, 1] -> PIL image, rounding as diffusers does."""
-    pixels = ((images[0] / 2 + 0.5).clip(0, 1) * 255).round().astype(numpy.uint8)
-    return Image.fromarray(pixels.transpose(1, 2, 0))  # (H, W, 3)

@@ -21,11 +21,13 @@ from pathlib import Path
 import numpy
 
 from .clip import CLIPTextConfig, CLIPTextModel
+from .errors import WeightsError
 from .presets import PRESETS
+from .safetensors_file import read_safetensors, read_safetensors_header
 from .tokenizer import CLIPTokenizer
 from .unet import UNet2DConditionModel, UNetConfig
 from .vae import AutoencoderKL, VAEConfig
-from .weights import HELP, WeightsError, load_module, read_safetensors, read_safetensors_header
+from .weights import HELP, load_module
 
 OVERRIDES = {"family": ("sd1", "sd2"), "prediction_type": ("epsilon", "v_prediction"), "image_size": int}
 

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import regex
 
+from .errors import WeightsError, read_json
+
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 END_OF_WORD = "</w>"
 
@@ -101,25 +103,29 @@ class CLIPTokenizer:
 
     @classmethod
     def from_folder(cls, path) -> "CLIPTokenizer":
-        """Read a diffusers `tokenizer/` folder: vocab.json + merges.txt, or tokenizer.json."""
+        """Read a diffusers `tokenizer/` folder: vocab.json + merges.txt, or tokenizer.json.
+
+        Each file is checked as it is read: a WeightsError names the file and what is wrong.
+        """
         folder = Path(path)
         if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-            vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
-            lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
-            merges = [line.split() for line in lines if line and not line.startswith("#version")]
+            vocab = read_json(folder / "vocab.json")
+            merges = read_merges(folder / "merges.txt")
         elif (folder / "tokenizer.json").is_file():
-            model = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]
-            vocab = model["vocab"]
-            merges = [m.split() if isinstance(m, str) else m for m in model["merges"]]
+            model = read_json(folder / "tokenizer.json").get("model")
+            if not isinstance(model, dict) or not isinstance(model.get("merges"), list):
+                raise WeightsError(f"{folder / 'tokenizer.json'} has no BPE model (model.vocab, model.merges)")
+            vocab, merges = model.get("vocab"), [merge_rule(folder / "tokenizer.json", m) for m in model["merges"]]
         else:
             raise FileNotFoundError(
                 f"No tokenizer in {folder}: expected vocab.json + merges.txt, or tokenizer.json. "
                 "Point at the model's tokenizer/ folder."
             )
+        check_vocabulary(folder, vocab)
         pad = read_pad_token(folder)
         if pad not in vocab:
-            raise ValueError(f"pad_token {pad!r} from {folder} is not in the vocabulary")
-        return cls(vocab, [tuple(m) for m in merges], pad_id=vocab[pad])
+            raise WeightsError(f"pad_token {pad!r} from {folder} is not in the vocabulary")
+        return cls(vocab, merges, pad_id=vocab[pad])
 
     def save(self, folder) -> None:
         """Write vocab.json, merges.txt and tokenizer_config.json, the layout transformers and
@@ -227,5 +233,37 @@ def read_pad_token(folder: Path) -> str:
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
         file = folder / name
         if file.is_file():
-            pad = json.loads(file.read_text(encoding="utf-8")).get("pad_token") or pad
-    return pad["content"] if isinstance(pad, dict) else pad
+            pad = read_json(file).get("pad_token") or pad
+            pad = pad.get("content") if isinstance(pad, dict) else pad
+            if not isinstance(pad, str):
+                raise WeightsError(f"{file}: pad_token must be a token (a string, or {{'content': ...}}), got {pad!r}")
+    return pad
+
+
+def read_merges(path: Path) -> list[tuple[str, str]]:
+    """merges.txt: one merge rule per line, two symbols separated by a space (a #version line first)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise WeightsError(f"{path} is not UTF-8 text ({error}): restore it from the model's download") from None
+    return [merge_rule(path, line, number) for number, line in enumerate(lines, 1) if line and not line.startswith("#")]
+
+
+def merge_rule(path: Path, rule, line=None) -> tuple[str, str]:
+    """One merge rule, "a b" or ["a", "b"], as the pair (a, b); a WeightsError naming the file if malformed."""
+    pair = rule.split() if isinstance(rule, str) else rule
+    if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) and p for p in pair)):
+        where = f"line {line}" if line else "a merge rule"
+        raise WeightsError(f"{path}: {where} is {rule!r:.80}, not two symbols (a merge rule is 'a b')")
+    return tuple(pair)
+
+
+def check_vocabulary(folder: Path, vocab) -> None:
+    """The vocabulary maps tokens to ids >= 0 and holds CLIP's start and end tokens."""
+    if not isinstance(vocab, dict) or not all(
+        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in vocab.values()
+    ):
+        raise WeightsError(f"{folder}: the vocabulary must map each token to an id >= 0")
+    missing = [token for token in (BOS, EOS) if token not in vocab]
+    if missing:
+        raise WeightsError(f"{folder}: the vocabulary lacks {', '.join(missing)}: not a CLIP tokenizer")

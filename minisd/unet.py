@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from . import ops
 from .backend import array_module
 from .blocks import Attention, Downsample2D, ResnetBlock2D, Upsample2D, silu_in_place
+from .errors import ConfigError
 from .layers import Conv2d, GroupNorm, LayerNorm, Linear
-from .module import Config, Module
+from .module import Config, Module, Rules, positive_integers
 
 
 @dataclass
@@ -62,6 +63,26 @@ class UNetConfig(Config):
         count = len(self.down_block_types)
         return list(value) if isinstance(value, (list, tuple)) else [value] * count
 
+    def check(self, source):
+        """Ranges and consistency, then what SD 1.x/2.x leave fixed (`check_supported`)."""
+        must, blocks = Rules(source, self), len(self.down_block_types)
+        for key in ("down_block_types", "up_block_types"):
+            must(key, all(isinstance(name, str) for name in getattr(self, key)), "a list of block names")
+        must("up_block_types", blocks >= 1 and len(self.up_block_types) == blocks, f"{blocks} blocks, as down")
+        channels = self.block_out_channels
+        must("block_out_channels", len(channels) == blocks and positive_integers(channels), f"{blocks} integers >= 1")
+        for key in ("in_channels", "out_channels", "sample_size", "layers_per_block", "norm_num_groups"):
+            must(key, positive_integers([getattr(self, key)]), "an integer >= 1")
+        must(
+            "norm_num_groups", all(c % self.norm_num_groups == 0 for c in channels), f"a divisor of each of {channels}"
+        )
+        for key in ("attention_head_dim", "num_attention_heads", "cross_attention_dim", "transformer_layers_per_block"):
+            per_block = [] if getattr(self, key) is None else self.per_block(getattr(self, key))
+            must(key, len(per_block) in (0, blocks) and positive_integers(per_block), f">= 1, once or {blocks} times")
+        for width, heads in zip(channels, self.heads):
+            must("attention heads", width % heads == 0, f"a divisor of the block's {width} channels", heads)
+        check_supported(self, source)
+
     @property
     def heads(self):
         return self.per_block(self.num_attention_heads or self.attention_head_dim)
@@ -70,7 +91,7 @@ class UNetConfig(Config):
 SUPPORTED_BLOCKS = {"CrossAttnDownBlock2D", "DownBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"}
 
 
-def check_supported(config: UNetConfig):
+def check_supported(config: UNetConfig, source="unet/config.json"):
     """Raise if the config asks for a UNet feature that SD 1.x/2.x do not use."""
     defaults = UNetConfig()
     fixed = [
@@ -95,8 +116,8 @@ def check_supported(config: UNetConfig):
     blocks = set(config.down_block_types) | set(config.up_block_types)
     changed += [f"block type {name!r}" for name in sorted(blocks - SUPPORTED_BLOCKS)]
     if changed:
-        raise ValueError(
-            "unet/config.json asks for UNet features minisd does not implement "
+        raise ConfigError(
+            f"{source} asks for UNet features minisd does not implement "
             f"(it covers Stable Diffusion 1.x and 2.x): {', '.join(changed)}"
         )
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from .backend import array_module
 from .blocks import Downsample2D, ResnetBlock2D, SpatialSelfAttention, Upsample2D, silu_in_place
 from .layers import Conv2d, GroupNorm
-from .module import Config, Module
+from .module import Config, Module, Rules, positive_integers
 
 EPS = 1e-6
 
@@ -32,11 +32,25 @@ class VAEConfig(Config):
     use_post_quant_conv: bool = True
     mid_block_add_attention: bool = True
 
+    def check(self, source):
+        """Ranges, consistency, and the blocks and activation SD's autoencoder uses."""
+        must, blocks = Rules(source, self), len(self.down_block_types)
+        down, up = list(self.down_block_types), list(self.up_block_types)
+        must("down_block_types", blocks >= 1 and down == ["DownEncoderBlock2D"] * blocks, "'DownEncoderBlock2D's")
+        must("up_block_types", up == ["UpDecoderBlock2D"] * blocks, f"{blocks} 'UpDecoderBlock2D's, as down")
+        channels = self.block_out_channels
+        must("block_out_channels", len(channels) == blocks and positive_integers(channels), f"{blocks} integers >= 1")
+        for key in ("in_channels", "out_channels", "latent_channels", "layers_per_block", "norm_num_groups"):
+            must(key, positive_integers([getattr(self, key)]), "an integer >= 1")
+        must(
+            "norm_num_groups", all(c % self.norm_num_groups == 0 for c in channels), f"a divisor of each of {channels}"
+        )
+        must("scaling_factor", self.scaling_factor > 0, "> 0")
+        must("act_fn", self.act_fn == "silu", "'silu', as in SD")
+
 
 class AutoencoderKL(Module):
     def __init__(self, config: VAEConfig):
-        if config.act_fn != "silu":
-            raise ValueError(f"vae/config.json: act_fn {config.act_fn!r} is not supported (SD uses 'silu')")
         self.config = config
         latent = config.latent_channels
         self.encoder = Encoder(config)

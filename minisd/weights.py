@@ -3,77 +3,26 @@
 A component's parameter slots are named after the checkpoint keys (module.Module.named_slots), so
 loading is one generic walk: every key the model declares must be in the file with the right
 shape, and every key in the file must be one the model declares. All mismatches are reported
-together, by name. Files are memory-mapped: a float32 weight used by the NumPy backend is read
-from the page cache, never copied.
+together, by name. Files are read by safetensors_file.py: checked, then memory-mapped.
 """
 
-import json
 import re
 from pathlib import Path
 
 import numpy
 
 from .clip import CLIPTextConfig, CLIPTextModel
+from .errors import WeightsError, read_json
 from .layers import Conv2d, Linear
 from .resources import shipped_folder
+from .safetensors_file import read_safetensors
 from .tokenizer import CLIPTokenizer
 from .unet import UNet2DConditionModel, UNetConfig
 from .vae import AutoencoderKL, VAEConfig
 
 HELP = "see weights/README.md in the minisd repository for how to get Stable Diffusion weights"
 
-# dtype names in a safetensors header -> NumPy dtypes (bfloat16 is widened by hand).
-SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4"}
-
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth")
-
-
-class WeightsError(ValueError):
-    """A model folder or file that minisd cannot read, with what to do about it."""
-
-
-# ---------------------------------------------------------------- safetensors
-
-
-def read_safetensors(path):
-    """{key: array} memory-mapped from a .safetensors file.
-
-    Layout: 8-byte little-endian header length N, N bytes of JSON header
-    ({key: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}), then the data.
-    """
-    path = Path(path)
-    header_len, header = read_safetensors_header(path)
-    header.pop("__metadata__", None)
-    data = numpy.memmap(path, dtype=numpy.uint8, mode="r", offset=8 + header_len) if header else None
-    return {key: _tensor(path, key, info, data) for key, info in header.items()}
-
-
-def read_safetensors_header(path):
-    """(header length N, the JSON header) of a .safetensors file, checked."""
-    size = Path(path).stat().st_size
-    with open(path, "rb") as file:
-        prefix = file.read(8)
-        header_len = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
-        if not 0 < header_len <= size - 8:
-            raise WeightsError(f"{path} is not a safetensors file (bad header length)")
-        try:
-            return header_len, json.loads(file.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise WeightsError(f"{path} is not a safetensors file (header is not JSON: {error})") from None
-
-
-def _tensor(path, key, info, data):
-    dtype = SAFETENSORS_DTYPES.get(info.get("dtype"))
-    if dtype is None:
-        raise WeightsError(f"{path}: tensor {key!r} has dtype {info.get('dtype')!r}, which minisd cannot read")
-    begin, end = info["data_offsets"]
-    count = int(numpy.prod(info["shape"], dtype=numpy.int64))
-    if end - begin != count * numpy.dtype(dtype).itemsize or end > data.size:
-        raise WeightsError(f"{path}: tensor {key!r} has inconsistent offsets (truncated or corrupt file)")
-    array = data[begin:end].view(dtype).reshape(info["shape"])
-    if info["dtype"] == "BF16":  # bfloat16 is the top half of a float32
-        array = (array.astype(numpy.uint32) << 16).view(numpy.float32)
-    return array
 
 
 # ---------------------------------------------------------------- filling a module
@@ -174,6 +123,7 @@ def check_model_folder(folder):
     absent = [name for name in needed if not (folder / name).exists()]
     if absent:
         raise WeightsError(f"model folder {folder} is incomplete: missing {', '.join(absent)}; {HELP}")
+    read_json(folder / "model_index.json")  # a JSON object, or a WeightsError naming the file
 
 
 def find_weights_file(component_folder, stem, prefer_fp16=False):
@@ -196,18 +146,11 @@ def find_weights_file(component_folder, stem, prefer_fp16=False):
     raise WeightsError(f"{component_folder} has no {stem}.safetensors (nor {stem}.fp16.safetensors); {HELP}")
 
 
-def read_json(path):
-    try:
-        return json.loads(Path(path).read_text())
-    except json.JSONDecodeError as error:
-        raise WeightsError(f"{path} is not valid JSON: {error}") from None
-
-
 def load_component(folder, name, backend):
     """Build one component (text_encoder, unet, vae) from its config.json and weights."""
     model_class, config_class, stem, renames, ignored = COMPONENTS[name]
     component_folder = Path(folder) / name
-    config = config_class.from_dict(read_json(component_folder / "config.json"))
+    config = config_class.from_dict(read_json(component_folder / "config.json"), component_folder / "config.json")
     model = model_class(config)
     path = find_weights_file(component_folder, stem, prefer_fp16=backend.dtype == numpy.float16)
     load_module(model, read_safetensors(path), path, backend, renames, ignored)

@@ -39,6 +39,7 @@ SCHEDULERS = {
 __all__ = [
     "SCHEDULERS",
     "Scheduler",
+    "check_config",
     "make_scheduler",
     "scheduler_name",
     *(cls.__name__ for cls in SCHEDULERS.values()),
@@ -48,7 +49,7 @@ __all__ = [
 def scheduler_name(config):
     """The name in SCHEDULERS of the class a scheduler_config.json dict names (`_class_name`)."""
     by_class = {cls.__name__: name for name, cls in SCHEDULERS.items() if name != "dpmpp_2m_karras"}
-    class_name = config.get("_class_name")
+    class_name = config.get("_class_name") if isinstance(config, dict) else None
     if class_name not in by_class:
         raise ValueError(
             f"the scheduler config names {class_name!r}, which minisd does not implement: "
@@ -57,12 +58,19 @@ def scheduler_name(config):
     return by_class[class_name]
 
 
-def make_scheduler(name, config):
+def make_scheduler(name, config, source="scheduler config"):
     """Build scheduler `name` (a key of SCHEDULERS) from a scheduler_config.json dict.
 
-    name=None builds the class the config names in `_class_name`.
+    name=None builds the class the config names in `_class_name`. `source` names the file in errors.
     """
     name = scheduler_name(config) if name is None else name
     if name not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}: choose one of {', '.join(SCHEDULERS)}")
-    return SCHEDULERS[name](config)
+    return SCHEDULERS[name](config, source)
+
+
+def check_config(config, source):
+    """Check a scheduler_config.json dict as every scheduler reads it: the types and ranges of its
+    keys (a ConfigError naming `source`), so a bad file is refused when the model loads."""
+    for cls in SCHEDULERS.values():
+        cls.config_class.from_dict(config, source)

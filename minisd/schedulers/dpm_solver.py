@@ -94,8 +94,8 @@ class DPMSolverMultistepScheduler(SigmaScheduler):
 class DPMSolverKarrasScheduler(DPMSolverMultistepScheduler):
     """DPM-Solver++(2M) on Karras sigmas ("DPM++ 2M Karras"), whatever use_karras_sigmas says."""
 
-    def __init__(self, config):
-        super().__init__(config)
+    def __init__(self, config, source="scheduler config"):
+        super().__init__(config, source)
         self.config = replace(self.config, use_karras_sigmas=True)
 
 

@@ -14,10 +14,13 @@ arithmetic operators and float32 scalars, so latents may be NumPy or CuPy arrays
 """
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+
+from ..errors import ConfigError
+from ..module import Rules, fits, known_fields, positive_integers
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
@@ -41,23 +44,38 @@ class ScheduleConfig:
     steps_offset: int = 0
 
     @classmethod
-    def from_dict(cls, config):
-        """Read the keys this class knows; absent keys keep its defaults, unknown keys are ignored."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in explicit_keys(config).items() if k in known})
+    def from_dict(cls, config, source="scheduler config"):
+        """Read the keys this class knows, each checked against its type; absent keys keep its
+        defaults, unknown keys are ignored. `source` (the file) is named in every error."""
+        result = cls(**known_fields(cls, explicit_keys(config, source), source))
+        result.check(source)
+        return result
+
+    def check(self, source):
+        """Ranges: a ConfigError naming the key, the value and what is allowed."""
+        must, T, betas = Rules(source, self), self.num_train_timesteps, self.trained_betas
+        must("num_train_timesteps", positive_integers([T]), "an integer >= 1")
+        for key in ("beta_start", "beta_end"):
+            must(key, 0 < getattr(self, key) < 1, "in (0, 1)")
+        must("beta_schedule", self.beta_schedule in BETA_SCHEDULES, f"one of {', '.join(BETA_SCHEDULES)}")
+        in_range = betas is None or (len(betas) == T and all(fits(b, float) and 0 < b < 1 for b in betas))
+        must("trained_betas", in_range, f"num_train_timesteps = {T} betas in (0, 1)")
+        must("timestep_spacing", self.timestep_spacing in TIMESTEP_SPACINGS, f"one of {', '.join(TIMESTEP_SPACINGS)}")
+        must("steps_offset", self.steps_offset >= 0, ">= 0")
 
 
-def explicit_keys(config):
+def explicit_keys(config, source="scheduler config"):
     """The keys a scheduler_config.json dict sets itself.
 
     diffusers lists the keys a scheduler filled from its own defaults in `_use_default_values`
     and drops them when another class is built from that config.
     """
     if not isinstance(config, dict):
-        raise TypeError(
-            f"scheduler config must be a dict (json.load of scheduler_config.json), got {type(config).__name__}"
-        )
-    defaulted = set(config.get("_use_default_values", ()))
+        raise ConfigError(f"{source} must hold a JSON object of settings, not a {type(config).__name__}")
+    defaulted = config.get("_use_default_values", [])
+    if not isinstance(defaulted, (list, tuple)):
+        raise ConfigError(f"{source}: _use_default_values is {defaulted!r:.80}, but it must be a list of keys")
+    defaulted = {key for key in defaulted if isinstance(key, str)}
     return {k: v for k, v in config.items() if k not in defaulted}
 
 
@@ -161,9 +179,9 @@ class Scheduler:
     init_noise_sigma = 1.0  # the first latents are plain N(0, 1) noise
     order = 1  # one UNet call per entry of `timesteps`
 
-    def __init__(self, config):
-        self.config = self.config_class.from_dict(config)
-        self._check_supported(explicit_keys(config))
+    def __init__(self, config, source="scheduler config"):
+        self.config = self.config_class.from_dict(config, source)
+        self._check_supported(explicit_keys(config, source))
         _check_choice("prediction_type", self.config.prediction_type, self.prediction_types)
         _check_choice("timestep_spacing", self.config.timestep_spacing, TIMESTEP_SPACINGS)
         self.betas = make_betas(self.config)

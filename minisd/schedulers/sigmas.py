@@ -107,8 +107,8 @@ class SigmaScheduler(Scheduler):
     config_class = SigmaConfig
     unsupported: ClassVar[dict] = ONLY_KARRAS
 
-    def __init__(self, config):
-        super().__init__(config)
+    def __init__(self, config, source="scheduler config"):
+        super().__init__(config, source)
         if getattr(self.config, "rescale_betas_zero_snr", False):
             self.alphas_cumprod[-1] = 2.0**-24  # as diffusers: sigma_T would be infinite
         self.train_sigmas = np.sqrt((1 - self.alphas_cumprod) / self.alphas_cumprod)  # (T,) ascending
