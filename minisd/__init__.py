@@ -6,9 +6,9 @@ image = pipe("a red circle on a white background", steps=25, seed=0)
 """
 
 from .backend import Backend
+from .errors import ConfigError, WeightsError
 from .ops import fast_paths
 from .pipeline import Options, Pipeline, Step, load
-from .errors import ConfigError, WeightsError
 from .weights import default_model_folder
 
 __all__ = ["Backend", "ConfigError", "Options", "Pipeline", "Step", "WeightsError", "fast_paths", "generate", "load"]
