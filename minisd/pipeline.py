@@ -62,16 +62,24 @@ class Options:
     strength: float = 0.8  # image to image: how far to noise it, (0, 1]
     vae_tiling: bool = False  # decode images larger than the model's size in blended tiles
 
-    def check(self):
-        """Raise a ValueError naming the first option of the wrong type or out of its range, and what it may be."""
+    def check_types(self):
+        """Raise a ValueError naming the first option whose type is not the one its field declares."""
         for name in ("steps", "num_images"):
-            value = getattr(self, name)
-            if not fits(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            if getattr(self, name) is not None:
+                check_count(name, getattr(self, name))
         for field in fields(self):
             value = getattr(self, field.name)
             if not fits(value, field.type):
                 raise ValueError(f"option {field.name} is {value!r:.80}, but it must be {describe(field.type)}")
+        if not (self.image is None or isinstance(self.image, (str, Path, Image.Image))):
+            raise ValueError(f"option image must be a PIL image or a picture file's path, not {type(self.image)}")
+        if not (self.latents is None or hasattr(self.latents, "shape")):
+            raise ValueError(f"option latents must be an array, not {type(self.latents).__name__}")
+
+    def check(self):
+        """Raise a ValueError naming the first option out of its range, and what it may be."""
+        for name in ("steps", "num_images"):
+            check_count(name, getattr(self, name))
         if self.long_prompt not in ("truncate", "chunk"):
             raise ValueError(f"long_prompt must be 'truncate' or 'chunk', got {self.long_prompt!r}")
         if self.clip_skip < 0:
@@ -91,6 +99,11 @@ class Options:
                 f"strength {self.strength} with {self.steps} steps leaves no denoising step "
                 "(int(steps*strength) = 0): raise strength or steps"
             )
+
+
+def check_count(name, value):
+    if not fits(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def load(path, backend="numpy", dtype="float32", config=None, weights_dtype=None, fast=True):
@@ -209,6 +222,7 @@ class Pipeline:
     def options(self, **given):
         """An `Options` from keywords, what was left at None filled from the model's defaults, checked."""
         options = Options(**given)
+        options.check_types()
         if isinstance(options.image, (str, Path)):
             options.image = open_image(options.image)
         options.steps = self.defaults["steps"] if options.steps is None else options.steps
@@ -225,6 +239,8 @@ class Pipeline:
         the given `latents`); with `image`, it starts from the image's latents noised up to
         `strength` and runs only that part of the schedule.
         """
+        if not isinstance(prompt, str):
+            raise ValueError(f"the prompt must be a string, not {type(prompt).__name__}")
         if options is None:
             options = self.options(**given)
         elif given:

@@ -241,16 +241,19 @@ def detect(path, tensors, overrides):
     prediction = overrides.get("prediction_type") or ("v_prediction" if v_model else "epsilon")
     v_768 = family == "sd2" and prediction == "v_prediction"  # SD 2.x: v-models 768 pixels, epsilon ones 512
     image_size = overrides.get("image_size") or PRESETS["sd2" if v_768 else "sd1"]["image_size"]
-    vae = _vae_config(tensors)
+    vae = _vae_config(path, tensors)
     latent_size = image_size // 2 ** (len(vae.block_out_channels) - 1)  # the VAE shrinks by 8 in SD
-    return {
+    model = {
         "family": family,
         "text": f"{family}_text",
         "unet": _unet_config(path, tensors, family, latent_size),
         "vae": vae,
-        "text_config": _text_config(tensors, family),
+        "text_config": _text_config(path, tensors, family),
         "scheduler": {**PRESETS[family]["scheduler"], "prediction_type": prediction},
     }
+    for name in ("unet", "vae", "text_config"):  # shapes that make no model: a ConfigError naming the file
+        model[name].check(f"{path} (the {name.removesuffix('_config')} its shapes describe)")
+    return model
 
 
 def _family(path, tensors):
@@ -265,10 +268,21 @@ def _family(path, tensors):
     )
 
 
-def _shape(tensors, key, path="the checkpoint"):
+def _shape(tensors, key, path, dims=2):
+    """The shape of tensor `key`, which must be there with at least `dims` axes."""
     if key not in tensors:
         raise WeightsError(f"{path} is missing {key}, which every SD 1.x/2.x checkpoint has; {HELP}")
+    if tensors[key].ndim < dims:
+        raise WeightsError(f"{path}: {key} has shape {tensors[key].shape}; SD's has {dims} axes or more; {HELP}")
     return tensors[key].shape
+
+
+def _first(tensors, prefix, suffix, path):
+    """The first key that starts with `prefix` and ends with `suffix`."""
+    for key in tensors:
+        if key.startswith(prefix) and key.endswith(suffix):
+            return key
+    raise WeightsError(f"{path} has no {prefix}*{suffix}, which every SD 1.x/2.x checkpoint has; {HELP}")
 
 
 def _unet_config(path, tensors, family, latent_size):
@@ -279,15 +293,15 @@ def _unet_config(path, tensors, family, latent_size):
             f"{path}: the UNet takes {in_channels} input channels; minisd runs text-to-image "
             "models (4 latent channels), not inpainting or depth models"
         )
-    levels = 1 + _largest_index(tensors, rf"{re.escape(prefix)}input_blocks\.(\d+)\.") // 3
+    levels = 1 + _largest_index(tensors, rf"{re.escape(prefix)}input_blocks\.(\d+)\.", path) // 3
     channels = tuple(
         _shape(tensors, f"{prefix}input_blocks.{1 + 3 * level}.0.out_layers.3.weight", path)[0]
         for level in range(levels)
     )
     attention = [f"{prefix}input_blocks.{1 + 3 * level}.1.proj_in.weight" in tensors for level in range(levels)]
-    context = next(t.shape[1] for k, t in tensors.items() if k.startswith(prefix) and k.endswith("attn2.to_k.weight"))
+    context = _shape(tensors, _first(tensors, prefix, "attn2.to_k.weight", path), path)[1]
     heads = [c // 64 for c in channels] if family == "sd2" else 8  # SD 2: 64-wide heads; SD 1: 8 heads
-    linear = tensors[next(k for k in tensors if k.startswith(prefix) and k.endswith("proj_in.weight"))].ndim == 2
+    linear = tensors[_first(tensors, prefix, "proj_in.weight", path)].ndim == 2
     return UNetConfig(
         sample_size=latent_size,
         block_out_channels=channels,
@@ -300,13 +314,13 @@ def _unet_config(path, tensors, family, latent_size):
     )
 
 
-def _vae_config(tensors):
+def _vae_config(path, tensors):
     prefix = PREFIXES["vae"]
-    levels = 1 + _largest_index(tensors, rf"{re.escape(prefix)}encoder\.down\.(\d+)\.")
+    levels = 1 + _largest_index(tensors, rf"{re.escape(prefix)}encoder\.down\.(\d+)\.", path)
     channels = tuple(
-        _shape(tensors, f"{prefix}encoder.down.{level}.block.0.conv1.weight")[0] for level in range(levels)
+        _shape(tensors, f"{prefix}encoder.down.{level}.block.0.conv1.weight", path)[0] for level in range(levels)
     )
-    latent = _shape(tensors, f"{prefix}post_quant_conv.weight")[0]
+    latent = _shape(tensors, f"{prefix}post_quant_conv.weight", path)[0]
     return VAEConfig(
         block_out_channels=channels,
         latent_channels=latent,
@@ -315,12 +329,12 @@ def _vae_config(tensors):
     )
 
 
-def _text_config(tensors, family):
+def _text_config(path, tensors, family):
     if family == "sd1":
         prefix = PREFIXES["sd1_text"] + ("text_model." if any("transformer.text_model." in k for k in tensors) else "")
-        vocab, width = _shape(tensors, f"{prefix}embeddings.token_embedding.weight")
-        layers = 1 + _largest_index(tensors, rf"{re.escape(prefix)}encoder\.layers\.(\d+)\.")
-        mlp = _shape(tensors, f"{prefix}encoder.layers.0.mlp.fc1.weight")[0]
+        vocab, width = _shape(tensors, f"{prefix}embeddings.token_embedding.weight", path)[:2]
+        layers = 1 + _largest_index(tensors, rf"{re.escape(prefix)}encoder\.layers\.(\d+)\.", path)
+        mlp = _shape(tensors, f"{prefix}encoder.layers.0.mlp.fc1.weight", path)[0]
         return CLIPTextConfig(
             vocab_size=vocab,
             hidden_size=width,
@@ -330,9 +344,9 @@ def _text_config(tensors, family):
             hidden_act=PRESETS["sd1"]["text_encoder"]["hidden_act"],
         )
     prefix = PREFIXES["sd2_text"]
-    vocab, width = _shape(tensors, f"{prefix}token_embedding.weight")
-    layers = 1 + _largest_index(tensors, rf"{re.escape(prefix)}transformer\.resblocks\.(\d+)\.")
-    mlp = _shape(tensors, f"{prefix}transformer.resblocks.0.mlp.c_fc.weight")[0]
+    vocab, width = _shape(tensors, f"{prefix}token_embedding.weight", path)[:2]
+    layers = 1 + _largest_index(tensors, rf"{re.escape(prefix)}transformer\.resblocks\.(\d+)\.", path)
+    mlp = _shape(tensors, f"{prefix}transformer.resblocks.0.mlp.c_fc.weight", path)[0]
     return CLIPTextConfig(
         vocab_size=vocab,
         hidden_size=width,
@@ -343,9 +357,13 @@ def _text_config(tensors, family):
     )
 
 
-def _largest_index(tensors, pattern):
+def _largest_index(tensors, pattern, path):
     """The largest block number N among keys matching `pattern` (one group capturing N)."""
-    return max(int(match.group(1)) for key in tensors if (match := re.match(pattern, key)))
+    numbers = [int(match.group(1)) for key in tensors if (match := re.match(pattern, key))]
+    if not numbers:
+        where = pattern.replace("\\", "").replace("(d+)", "N")
+        raise WeightsError(f"{path} has no {where}* keys, which every SD 1.x/2.x checkpoint has; {HELP}")
+    return max(numbers)
 
 
 def read_metadata(path):

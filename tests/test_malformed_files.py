@@ -376,3 +376,36 @@ def test_random_tokenizer_files_give_a_tokenizer_or_a_weights_error(tmp_path, vo
         CLIPTokenizer.from_folder(tmp_path)
     except WeightsError as error:
         assert str(tmp_path) in str(error)
+
+
+ORIGINAL_KEYS = [  # what single-file detection reads, in the original (CompVis / Stability) layout
+    "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight",
+    "cond_stage_model.transformer.text_model.encoder.layers.0.mlp.fc1.weight",
+    "cond_stage_model.model.token_embedding.weight",
+    "cond_stage_model.model.transformer.resblocks.0.mlp.c_fc.weight",
+    "model.diffusion_model.input_blocks.0.0.weight",
+    "model.diffusion_model.input_blocks.1.0.out_layers.3.weight",
+    "model.diffusion_model.input_blocks.1.1.proj_in.weight",
+    "model.diffusion_model.input_blocks.4.0.out_layers.3.weight",
+    "model.diffusion_model.middle_block.1.transformer_blocks.0.attn2.to_k.weight",
+    "first_stage_model.encoder.down.0.block.0.conv1.weight",
+    "first_stage_model.encoder.down.1.block.0.conv1.weight",
+    "first_stage_model.post_quant_conv.weight",
+]
+
+
+@PROPERTY
+@given(
+    tensors=st.dictionaries(
+        st.sampled_from(ORIGINAL_KEYS), st.lists(st.integers(0, 70), max_size=4).map(tuple), min_size=1
+    )
+)
+def test_random_single_files_load_or_give_a_weights_error(tmp_path, tensors):
+    """Single-file detection reads shapes: any subset of its keys with any shapes gives a
+    pipeline or a WeightsError (a ConfigError for shapes that describe no model) naming the file."""
+    path = tmp_path / "random.safetensors"
+    save_file({key: np.zeros(shape, np.float32) for key, shape in tensors.items()}, str(path))
+    try:
+        minisd.load(path)
+    except WeightsError as error:
+        assert str(path) in str(error)
