@@ -8,7 +8,7 @@ unet.py and vae.py stay side by side without importing each other.
 from . import ops
 from .backend import array_module
 from .layers import Conv2d, GroupNorm, Linear
-from .module import Module
+from .module import Module, positive_integers
 
 
 class ResnetBlock2D(Module):
@@ -104,3 +104,13 @@ class Upsample2D(Module):
     def __call__(self, x, size=None):
         size = size or (2 * x.shape[2], 2 * x.shape[3])
         return self.conv(ops.upsample_nearest(x, size))  # (B, C, 2h, 2w)
+
+
+def check_levels(must, config, sizes):
+    """The config rules the UNet and the VAE share (`must`: module.Rules): one width per level,
+    the `sizes` >= 1, and GroupNorm's groups dividing every level's channels."""
+    blocks, channels = len(config.down_block_types), config.block_out_channels
+    must("block_out_channels", len(channels) == blocks and positive_integers(channels), f"{blocks} integers >= 1")
+    for key in sizes:
+        must(key, positive_integers([getattr(config, key)]), "an integer >= 1")
+    must("norm_num_groups", all(c % config.norm_num_groups == 0 for c in channels), f"a divisor of each of {channels}")

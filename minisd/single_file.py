@@ -330,30 +330,27 @@ def _vae_config(path, tensors):
 
 
 def _text_config(path, tensors, family):
+    """SD 1.x: Hugging Face CLIP names, every layer used; SD 2.x: OpenCLIP names, the last layer unused."""
     if family == "sd1":
         prefix = PREFIXES["sd1_text"] + ("text_model." if any("transformer.text_model." in k for k in tensors) else "")
-        vocab, width = _shape(tensors, f"{prefix}embeddings.token_embedding.weight", path)[:2]
-        layers = 1 + _largest_index(tensors, rf"{re.escape(prefix)}encoder\.layers\.(\d+)\.", path)
-        mlp = _shape(tensors, f"{prefix}encoder.layers.0.mlp.fc1.weight", path)[0]
-        return CLIPTextConfig(
-            vocab_size=vocab,
-            hidden_size=width,
-            intermediate_size=mlp,
-            num_hidden_layers=layers,
-            num_attention_heads=width // 64,
-            hidden_act=PRESETS["sd1"]["text_encoder"]["hidden_act"],
+        names = ("embeddings.token_embedding.weight", r"encoder\.layers\.(\d+)\.", "encoder.layers.0.mlp.fc1.weight")
+    else:
+        prefix = PREFIXES["sd2_text"]
+        names = (
+            "token_embedding.weight",
+            r"transformer\.resblocks\.(\d+)\.",
+            "transformer.resblocks.0.mlp.c_fc.weight",
         )
-    prefix = PREFIXES["sd2_text"]
-    vocab, width = _shape(tensors, f"{prefix}token_embedding.weight", path)[:2]
-    layers = 1 + _largest_index(tensors, rf"{re.escape(prefix)}transformer\.resblocks\.(\d+)\.", path)
-    mlp = _shape(tensors, f"{prefix}transformer.resblocks.0.mlp.c_fc.weight", path)[0]
+    embedding, blocks, mlp = names
+    vocab, width = _shape(tensors, prefix + embedding, path)[:2]
+    layers = 1 + _largest_index(tensors, re.escape(prefix) + blocks, path)
     return CLIPTextConfig(
         vocab_size=vocab,
         hidden_size=width,
-        intermediate_size=mlp,
-        num_hidden_layers=layers - 1,
-        num_attention_heads=width // 64,
-        hidden_act=PRESETS["sd2"]["text_encoder"]["hidden_act"],
+        intermediate_size=_shape(tensors, prefix + mlp, path)[0],
+        num_hidden_layers=layers if family == "sd1" else layers - 1,
+        num_attention_heads=width // 64,  # 64-wide heads in both
+        hidden_act=PRESETS[family]["text_encoder"]["hidden_act"],
     )
 
 

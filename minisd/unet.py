@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from . import ops
 from .backend import array_module
-from .blocks import Attention, Downsample2D, ResnetBlock2D, Upsample2D, silu_in_place
+from .blocks import Attention, Downsample2D, ResnetBlock2D, Upsample2D, check_levels, silu_in_place
 from .errors import ConfigError
 from .layers import Conv2d, GroupNorm, LayerNorm, Linear
 from .module import Config, Module, Rules, positive_integers
@@ -69,17 +69,11 @@ class UNetConfig(Config):
         for key in ("down_block_types", "up_block_types"):
             must(key, all(isinstance(name, str) for name in getattr(self, key)), "a list of block names")
         must("up_block_types", blocks >= 1 and len(self.up_block_types) == blocks, f"{blocks} blocks, as down")
-        channels = self.block_out_channels
-        must("block_out_channels", len(channels) == blocks and positive_integers(channels), f"{blocks} integers >= 1")
-        for key in ("in_channels", "out_channels", "sample_size", "layers_per_block", "norm_num_groups"):
-            must(key, positive_integers([getattr(self, key)]), "an integer >= 1")
-        must(
-            "norm_num_groups", all(c % self.norm_num_groups == 0 for c in channels), f"a divisor of each of {channels}"
-        )
+        check_levels(must, self, ("in_channels", "out_channels", "sample_size", "layers_per_block", "norm_num_groups"))
         for key in ("attention_head_dim", "num_attention_heads", "cross_attention_dim", "transformer_layers_per_block"):
             per_block = [] if getattr(self, key) is None else self.per_block(getattr(self, key))
             must(key, len(per_block) in (0, blocks) and positive_integers(per_block), f">= 1, once or {blocks} times")
-        for width, heads in zip(channels, self.heads):
+        for width, heads in zip(self.block_out_channels, self.heads):
             must("attention heads", width % heads == 0, f"a divisor of the block's {width} channels", heads)
         check_supported(self, source)
 

@@ -8,9 +8,9 @@ latent space, where it is 48× cheaper. Every GroupNorm here uses eps 1e-6.
 from dataclasses import dataclass
 
 from .backend import array_module
-from .blocks import Downsample2D, ResnetBlock2D, SpatialSelfAttention, Upsample2D, silu_in_place
+from .blocks import Downsample2D, ResnetBlock2D, SpatialSelfAttention, Upsample2D, check_levels, silu_in_place
 from .layers import Conv2d, GroupNorm
-from .module import Config, Module, Rules, positive_integers
+from .module import Config, Module, Rules
 
 EPS = 1e-6
 
@@ -38,12 +38,8 @@ class VAEConfig(Config):
         down, up = list(self.down_block_types), list(self.up_block_types)
         must("down_block_types", blocks >= 1 and down == ["DownEncoderBlock2D"] * blocks, "'DownEncoderBlock2D's")
         must("up_block_types", up == ["UpDecoderBlock2D"] * blocks, f"{blocks} 'UpDecoderBlock2D's, as down")
-        channels = self.block_out_channels
-        must("block_out_channels", len(channels) == blocks and positive_integers(channels), f"{blocks} integers >= 1")
-        for key in ("in_channels", "out_channels", "latent_channels", "layers_per_block", "norm_num_groups"):
-            must(key, positive_integers([getattr(self, key)]), "an integer >= 1")
-        must(
-            "norm_num_groups", all(c % self.norm_num_groups == 0 for c in channels), f"a divisor of each of {channels}"
+        check_levels(
+            must, self, ("in_channels", "out_channels", "latent_channels", "layers_per_block", "norm_num_groups")
         )
         must("scaling_factor", self.scaling_factor > 0, "> 0")
         must("act_fn", self.act_fn == "silu", "'silu', as in SD")
