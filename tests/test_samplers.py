@@ -1,4 +1,4 @@
-"""The samplers of minisd/samplers.py and DDPM against diffusers: timesteps, sigmas, steps, pictures.
+"""The sigma-space samplers of minisd/schedulers/ and DDPM against diffusers: timesteps, sigmas, steps, pictures.
 
 Fast tier: closed forms (Adams-Bashforth weights, Karras's end points, the sigma table's own
 timesteps), steps that touch the latents only with operators (what CuPy needs), the errors.

@@ -11,7 +11,7 @@ where the denoiser D(x; sigma) is the UNet's estimate of x_0. Euler, Heun and LM
 ODE solvers of that equation, Euler ancestral adds fresh noise at each step, and DPM-Solver++
 (Lu et al. 2022) integrates its linear part exactly in log-SNR time.
 
-Each sampler picks N timesteps (spaced as in schedulers.py, or at the noise levels of Karras's
+Each sampler picks N timesteps (spaced as in schedule.py, or at the noise levels of Karras's
 eq. 5 with use_karras_sigmas) and steps from sigma_i to sigma_{i+1}; the last step reaches
 sigma = 0, the clean latents. The UNet was trained on x_t, not x: it sees x / sqrt(sigma^2 + 1).
 As in diffusers, timesteps may be fractional (float32) and the tables are float32, on the host;
