@@ -44,6 +44,13 @@ def parse_args(argv):
         help="a prompt over 75 tokens: cut it (default, as diffusers) or encode it in 75-token chunks",
     )
     parser.add_argument(
+        "--prompt-weights",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="AUTOMATIC1111's (word:1.3), (word), [word], BREAK in the prompts: read where a prompt has brackets "
+        "or BREAK (auto, the default), always, or never (brackets are plain text)",
+    )
+    parser.add_argument(
         "--weights", help="diffusers-layout model folder or single-file .safetensors (see weights/README.md)"
     )
     parser.add_argument(
@@ -142,6 +149,7 @@ def generation_options(args):
         eta=args.eta,
         clip_skip=args.clip_skip,
         long_prompt=args.long_prompt,
+        prompt_weights={"auto": None, "on": True, "off": False}[args.prompt_weights],
         num_images=args.num_images,
         vae_tiling=args.vae_tiling,
         **image,
@@ -173,6 +181,8 @@ def png_text(args, options, pipe, image, index):
         fields.update(clip_skip=options.clip_skip)
     if options.long_prompt != "truncate":
         fields.update(long_prompt=options.long_prompt)
+    if args.prompt_weights != "auto":
+        fields.update(prompt_weights=args.prompt_weights)
     if options.vae_tiling:
         fields.update(vae_tiling=True)
     if args.init_image:

@@ -10,7 +10,7 @@ away from the unconditional one: ε = ε_uncond + s·(ε_text − ε_uncond).
 """
 
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy
@@ -20,8 +20,10 @@ from tqdm.auto import tqdm
 from .backend import Backend
 from .errors import ConfigError, read_json
 from .images import from_pil, open_image, to_pil
-from .module import describe, fits, known_fields
+from .module import known_fields
 from .ops import fast_paths
+from .options import Options
+from .prompt_weights import emphasize, has_weights, parse, weighted_chunks
 from .rng import TorchGenerator
 from .schedulers import check_config as check_scheduler_config
 from .schedulers import make_scheduler, scheduler_name
@@ -38,72 +40,6 @@ class Step:
     timestep: int | float  # the scheduler's t for this step (999 … 0; fractional for some samplers)
     latents: object  # the latents after this step, (N, 4, h, w) on the backend, N images
     noise_pred: object  # the guided noise prediction ε at this step, (N, 4, h, w)
-
-
-@dataclass
-class Options:
-    """Every option of a generation, written once: what `Pipeline.__call__`, `img2img` and
-    `denoise` take as keywords, and what the command line fills. None means the model's default
-    (`Pipeline.options` fills it in)."""
-
-    negative_prompt: str = ""  # what to steer away from
-    steps: int | None = None  # denoising steps (default: the model folder's, else 50)
-    guidance: float | None = None  # classifier-free guidance scale s (default: the folder's, else 7.5)
-    seed: int = 0  # the seed of every random draw
-    height: int | None = None  # pixels, a multiple of 8 (default: the image's for img2img, else the model's)
-    width: int | None = None
-    scheduler: str | None = None  # a name of schedulers.SCHEDULERS (default: the one the model's config names)
-    eta: float = 0.0  # DDIM's noise (0: deterministic)
-    clip_skip: int = 0  # encode the prompt this many layers before the text encoder's last
-    long_prompt: str = "truncate"  # over 75 tokens: "truncate" (as diffusers) or "chunk"
-    num_images: int = 1  # text to image: this many images in one batch
-    latents: object = None  # text to image: the initial noise, (N, 4, h, w), instead of the seed's
-    image: object = None  # image to image: the starting picture (PIL image or a path)
-    strength: float = 0.8  # image to image: how far to noise it, (0, 1]
-    vae_tiling: bool = False  # decode images larger than the model's size in blended tiles
-
-    def check_types(self):
-        """Raise a ValueError naming the first option whose type is not the one its field declares."""
-        for name in ("steps", "num_images"):
-            if getattr(self, name) is not None:
-                check_count(name, getattr(self, name))
-        for field in fields(self):
-            value = getattr(self, field.name)
-            if not fits(value, field.type):
-                raise ValueError(f"option {field.name} is {value!r:.80}, but it must be {describe(field.type)}")
-        if not (self.image is None or isinstance(self.image, (str, Path, Image.Image))):
-            raise ValueError(f"option image must be a PIL image or a picture file's path, not {type(self.image)}")
-        if not (self.latents is None or hasattr(self.latents, "shape")):
-            raise ValueError(f"option latents must be an array, not {type(self.latents).__name__}")
-
-    def check(self):
-        """Raise a ValueError naming the first option out of its range, and what it may be."""
-        for name in ("steps", "num_images"):
-            check_count(name, getattr(self, name))
-        if self.long_prompt not in ("truncate", "chunk"):
-            raise ValueError(f"long_prompt must be 'truncate' or 'chunk', got {self.long_prompt!r}")
-        if self.clip_skip < 0:
-            raise ValueError(f"clip_skip must be >= 0 (layers before the text encoder's last), got {self.clip_skip}")
-        if self.eta < 0:
-            raise ValueError(f"eta must be >= 0 (0 is deterministic DDIM), got {self.eta}")
-        if self.image is not None:
-            self.check_image_to_image()
-
-    def check_image_to_image(self):
-        if self.num_images != 1:
-            raise ValueError("num_images applies to text to image; img2img makes one image per call")
-        if not 0 < self.strength <= 1:
-            raise ValueError(f"strength must be in (0, 1] (1 ignores the image entirely), got {self.strength}")
-        if int(self.steps * self.strength) < 1:
-            raise ValueError(
-                f"strength {self.strength} with {self.steps} steps leaves no denoising step "
-                "(int(steps*strength) = 0): raise strength or steps"
-            )
-
-
-def check_count(name, value):
-    if not fits(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def load(path, backend="numpy", dtype="float32", config=None, weights_dtype=None, fast=True):
@@ -249,7 +185,12 @@ class Pipeline:
         scheduler.set_timesteps(options.steps)
         generator = TorchGenerator(options.seed)
         context = self.encode_prompt(
-            prompt, options.negative_prompt, options.guidance, options.clip_skip, options.long_prompt
+            prompt,
+            options.negative_prompt,
+            options.guidance,
+            options.clip_skip,
+            options.long_prompt,
+            options.prompt_weights,
         )
         context = self.backend.xp.repeat(context, options.num_images, axis=0)  # ([N negatives;] N prompts, 77, D)
         if options.image is None:
@@ -266,32 +207,44 @@ class Pipeline:
             latents = scheduler.step(noise_pred, t, latents, eta=options.eta, noise=noise)
             yield Step(index, len(timesteps), t.item(), latents, noise_pred)
 
-    def encode_prompt(self, prompt, negative_prompt="", guidance=7.5, clip_skip=0, long_prompt="truncate"):
+    def encode_prompt(
+        self, prompt, negative_prompt="", guidance=7.5, clip_skip=0, long_prompt="truncate", prompt_weights=None
+    ):
         """Prompt -> text embeddings (1, 77, D); with guidance > 1, [negative; prompt] (2, 77, D).
 
         clip_skip = k takes the prompt's vectors k layers before the last; like diffusers, not the
         negative prompt's. long_prompt="chunk" encodes a prompt of more than 75 tokens in chunks of
         75, each with its own BOS/EOS, and concatenates them: (.., 77 * chunks, D); the default
         "truncate" keeps the first 75 tokens (with a warning), as diffusers does.
+        prompt_weights: AUTOMATIC1111's (word:1.3) syntax (prompt_weights.py), in both texts; None
+        reads it where a text has brackets or BREAK, False never. Weighted texts are chunked as
+        AUTOMATIC1111 chunks them, whatever long_prompt says.
         """
-        if long_prompt == "truncate":
+        texts = (negative_prompt, prompt)
+        if prompt_weights or (prompt_weights is None and any(map(has_weights, texts))):
+            pieces = [parse(text) for text in texts]
+            count = max(len(weighted_chunks(self.tokenizer, text_pieces)[0]) for text_pieces in pieces)
+            ids, weights = zip(*(weighted_chunks(self.tokenizer, text_pieces, count) for text_pieces in pieces))
+        elif long_prompt == "truncate":
             _warn_if_truncated(self.tokenizer, prompt)
-            ids = [self.tokenizer.encode(text) for text in (negative_prompt, prompt)]
+            ids, weights = [self.tokenizer.encode(text) for text in texts], (None, None)
         elif long_prompt == "chunk":
-            count = max(len(self.tokenizer.encode_chunks(text)) for text in (negative_prompt, prompt))
-            ids = [self.tokenizer.encode_chunks(text, count) for text in (negative_prompt, prompt)]
+            count = max(len(self.tokenizer.encode_chunks(text)) for text in texts)
+            ids, weights = [self.tokenizer.encode_chunks(text, count) for text in texts], (None, None)
         else:
             raise ValueError(f"long_prompt must be 'truncate' or 'chunk', got {long_prompt!r}")
-        negative_ids, prompt_ids = ids
-        text = self._text_vectors(prompt_ids, clip_skip)
+        text = self._text_vectors(ids[1], clip_skip, weights[1])
         if guidance <= 1:
             return text
-        return self.backend.xp.concatenate([self._text_vectors(negative_ids), text])
+        return self.backend.xp.concatenate([self._text_vectors(ids[0], 0, weights[0]), text])
 
-    def _text_vectors(self, ids, clip_skip=0):
-        """(chunks, 77) token ids -> (1, 77 * chunks, D) text vectors."""
+    def _text_vectors(self, ids, clip_skip=0, weights=None):
+        """(chunks, 77) token ids -> (1, 77 * chunks, D) text vectors, emphasized by `weights`
+        (chunks, 77) when given (prompt_weights.emphasize)."""
         with fast_paths(self.fast):
-            vectors = self.text_encoder(self.backend.asarray(ids, dtype="int64"), clip_skip)
+            vectors = self.text_encoder(self.backend.asarray(ids, dtype="int64"), clip_skip)  # (chunks, 77, D)
+        if weights is not None:
+            vectors = emphasize(vectors, weights)
         return vectors.reshape(1, -1, vectors.shape[-1])
 
     def predict_noise(self, latents, t, context, guidance):
