@@ -1,9 +1,11 @@
 """Command line: minisd "a prompt" -o out.png [options]  (also python -m minisd)."""
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from . import load
@@ -77,6 +79,11 @@ def parse_args(argv):
         help="keep the weight matrices in this dtype (default: --dtype); float16 with "
         "--dtype float32 halves the weights' memory and computes in float32",
     )
+    parser.add_argument(
+        "--preview",
+        metavar="FILE",
+        help="a PNG rewritten after every step with a quick picture of the latents (no VAE; see preview.py)",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
     return parser.parse_args(argv)
 
@@ -102,12 +109,13 @@ def main(argv=None):
     try:
         if args.init_image and args.num_images != 1:
             raise ValueError("--num-images makes a batch from text only; with --init-image, one image per run")
-        for output in outputs:
+        for output in outputs + ([Path(args.preview)] if args.preview else []):
             check_output(output, args.force)
         config = dict(args.config) if args.config else None
         pipe = load(args.weights or default_model_folder(), args.backend, args.dtype, config, args.weights_dtype)
         options = pipe.options(**generation_options(args))
-        images = pipe.generate(args.prompt, options)
+        on_step = (lambda step: write_preview(pipe, step, Path(args.preview), options)) if args.preview else None
+        images = pipe.generate(args.prompt, options, on_step=on_step)
     except (WeightsError, ValueError, FileNotFoundError, ImportError) as error:
         print(f"minisd: error: {error}", file=sys.stderr)
         return 2
@@ -124,13 +132,21 @@ def output_paths(output, count):
     return [output.with_name(f"{output.stem}-{index}{output.suffix}") for index in range(1, count + 1)]
 
 
+def write_preview(pipe, step, path, options):
+    """The step's preview, scaled up to the picture's size, written whole (a reader never sees half a file)."""
+    picture = pipe.preview(step.latents).resize((options.width, options.height), Image.NEAREST)
+    partial = path.with_name(path.name + ".partial")
+    picture.save(partial, format="PNG")
+    os.replace(partial, path)
+
+
 def check_output(output, force):
     if output.suffix.lower() != ".png":
         raise ValueError(f"output {output} must end in .png (the image carries its parameters as PNG text)")
     if output.exists() and not force:
-        raise ValueError(f"{output} already exists; choose another -o or pass --force to overwrite it")
+        raise ValueError(f"{output} already exists; choose another name (-o, --preview) or pass --force to overwrite it")
     if not output.parent.is_dir():
-        raise ValueError(f"folder {output.parent} does not exist; create it or choose another -o")
+        raise ValueError(f"folder {output.parent} does not exist; create it or choose another name (-o, --preview)")
 
 
 def generation_options(args):

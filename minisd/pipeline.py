@@ -20,9 +20,10 @@ from tqdm.auto import tqdm
 from .backend import Backend
 from .errors import ConfigError, read_json
 from .images import from_pil, open_image, to_pil
-from .module import known_fields
+from .module import fits, known_fields
 from .ops import fast_paths
 from .options import Options
+from .preview import SD_FACTORS, preview
 from .prompt_weights import emphasize, has_weights, parse, weighted_chunks
 from .rng import TorchGenerator
 from .schedulers import check_config as check_scheduler_config
@@ -92,6 +93,7 @@ class Pipeline:
         vae_backend=None,
         defaults=None,
         fast=True,
+        preview_map=None,
     ):
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
@@ -102,6 +104,7 @@ class Pipeline:
         self.vae_backend = vae_backend or backend
         self.name = name
         self.fast = fast  # False: the plain equations of nn.py only
+        self.preview_map = preview_map or (SD_FACTORS, (0.0, 0.0, 0.0))  # (factors (4, 3), bias (3,))
         self.vae_scale_factor = vae.scale_factor  # 8 in SD
         # what an option left at None means: the model folder's minisd.json, else SD's usual values
         self.defaults = {
@@ -130,6 +133,7 @@ class Pipeline:
             vae_backend=vae_backend,
             defaults=_folder_defaults(folder),
             fast=fast,
+            preview_map=_folder_preview(folder),
         )
 
     @property
@@ -150,9 +154,10 @@ class Pipeline:
         """Image to image: noise `image` up to `strength` (0 < strength <= 1), then denoise."""
         return self.generate(prompt, self.options(image=image, strength=strength, **options), progress)[0]
 
-    def generate(self, prompt, options, progress=True):
-        """The list of PIL images that `options` (an `Options`, see `options`) describe."""
-        latents = self._run(self.denoise(prompt, options), progress)  # (N, 4, h, w)
+    def generate(self, prompt, options, progress=True, on_step=None):
+        """The list of PIL images that `options` (an `Options`, see `options`) describe;
+        `on_step(step)` is called after every denoising step (the command line's --preview)."""
+        latents = self._run(self.denoise(prompt, options), progress, on_step)  # (N, 4, h, w)
         return [self.decode(latents[i : i + 1], options.vae_tiling) for i in range(len(latents))]
 
     def options(self, **given):
@@ -272,6 +277,12 @@ class Pipeline:
             images = self.vae.decode(latents, tiled=vae_tiling)  # (1, 3, H, W) in [-1, 1]
         return to_pil(self.vae_backend.to_host(images).astype(numpy.float32))
 
+    def preview(self, latents):
+        """A step's latents (N, 4, h, w) as a small RGB picture of the first image, (h, w) pixels:
+        each latent pixel's colour by a linear map (preview.py), no VAE. The map is the model
+        folder's (minisd.json), else the one published for SD 1.x/2.x latents."""
+        return preview(self.backend.to_host(latents), *self.preview_map)
+
     def encode_image(self, image):
         """PIL image -> posterior mean and log-variance of its latents (unscaled)."""
         pixels = self.vae_backend.asarray(from_pil(image))  # (1, 3, H, W) in [-1, 1]
@@ -280,13 +291,15 @@ class Pipeline:
 
     # ------------------------------------------------------------ helpers
 
-    def _run(self, loop, progress):
+    def _run(self, loop, progress, on_step=None):
         step = None
         with tqdm(loop, desc="denoising", unit="step", disable=not progress) as bar:
             for step in bar:
                 if bar.total is None:
                     bar.total = step.count
                     bar.refresh()
+                if on_step:
+                    on_step(step)
         return step.latents
 
     def _check_size(self, height, width, image):
@@ -339,6 +352,22 @@ def _folder_defaults(folder):
         raise ConfigError(f"{path}: defaults must be an object of {', '.join(sorted(allowed))}, got {defaults!r:.80}")
     known_fields(Options, defaults, path)  # their types
     return defaults
+
+
+def _folder_preview(folder):
+    """The preview map a model folder may carry in minisd.json ({"preview": {"factors", "bias"}})."""
+    path = folder / "minisd.json"
+    settings = read_json(path).get("preview") if path.exists() else None
+    if settings is None:
+        return None
+    factors, bias = (numpy.asarray(settings.get(key), dtype=object) for key in ("factors", "bias"))
+    if factors.shape != (4, 3) or bias.shape != (3,) or not all(map(fits_number, [*factors.flat, *bias])):
+        raise ConfigError(f"{path}: preview must hold factors, 4 rows of 3 numbers, and bias, 3 numbers")
+    return factors.astype(numpy.float32), bias.astype(numpy.float32)
+
+
+def fits_number(value):
+    return fits(value, float)
 
 
 def _img2img_timesteps(timesteps, steps, strength, order):

@@ -183,6 +183,8 @@ CONFIGS = {
     "scheduler-a-list": ("scheduler/scheduler_config.json", lambda c: [], ConfigError, "not a list"),
     "model-index-a-list": ("model_index.json", lambda c: [], ConfigError, "must hold a JSON object"),
     "defaults": ("minisd.json", lambda c: {"defaults": {"steps": "many"}}, ConfigError, "steps is 'many'"),
+    "preview-shape": ("minisd.json", lambda c: {"preview": {"factors": [[1, 2]], "bias": [0, 0, 0]}}, ConfigError,
+                      "preview must hold"),
     "defaults-unknown": ("minisd.json", lambda c: {"defaults": {"colour": 1}}, ConfigError, "defaults must be"),
 }  # fmt: skip
 
