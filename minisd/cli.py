@@ -80,6 +80,12 @@ def parse_args(argv):
         "--dtype float32 halves the weights' memory and computes in float32",
     )
     parser.add_argument(
+        "--embedding",
+        action="append",
+        metavar="FILE[:TOKEN]",
+        help="a textual-inversion .safetensors, under TOKEN (default: the file's own token, or its name); repeatable",
+    )
+    parser.add_argument(
         "--preview",
         metavar="FILE",
         help="a PNG rewritten after every step with a quick picture of the latents (no VAE; see preview.py)",
@@ -113,6 +119,8 @@ def main(argv=None):
             check_output(output, args.force)
         config = dict(args.config) if args.config else None
         pipe = load(args.weights or default_model_folder(), args.backend, args.dtype, config, args.weights_dtype)
+        for embedding in args.embedding or []:
+            pipe.load_embedding(*split_embedding(embedding))
         options = pipe.options(**generation_options(args))
         on_step = (lambda step: write_preview(pipe, step, Path(args.preview), options)) if args.preview else None
         images = pipe.generate(args.prompt, options, on_step=on_step)
@@ -132,6 +140,12 @@ def output_paths(output, count):
     return [output.with_name(f"{output.stem}-{index}{output.suffix}") for index in range(1, count + 1)]
 
 
+def split_embedding(text):
+    """FILE[:TOKEN] -> (file, token or None); a colon inside a path (C:\\...) is not a token's."""
+    path, _, token = text.rpartition(":")
+    return (path, token) if path and token and not any(sep in token for sep in "/\\") else (text, None)
+
+
 def write_preview(pipe, step, path, options):
     """The step's preview, scaled up to the picture's size, written whole (a reader never sees half a file)."""
     picture = pipe.preview(step.latents).resize((options.width, options.height), Image.NEAREST)
@@ -144,7 +158,9 @@ def check_output(output, force):
     if output.suffix.lower() != ".png":
         raise ValueError(f"output {output} must end in .png (the image carries its parameters as PNG text)")
     if output.exists() and not force:
-        raise ValueError(f"{output} already exists; choose another name (-o, --preview) or pass --force to overwrite it")
+        raise ValueError(
+            f"{output} already exists; choose another name (-o, --preview) or pass --force to overwrite it"
+        )
     if not output.parent.is_dir():
         raise ValueError(f"folder {output.parent} does not exist; create it or choose another name (-o, --preview)")
 
@@ -197,6 +213,8 @@ def png_text(args, options, pipe, image, index):
         fields.update(clip_skip=options.clip_skip)
     if options.long_prompt != "truncate":
         fields.update(long_prompt=options.long_prompt)
+    if args.embedding:
+        fields.update(embeddings=", ".join(args.embedding))
     if args.prompt_weights != "auto":
         fields.update(prompt_weights=args.prompt_weights)
     if options.vae_tiling:

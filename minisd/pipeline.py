@@ -18,6 +18,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .backend import Backend
+from .embeddings import add_embedding
 from .errors import ConfigError, read_json
 from .images import from_pil, open_image, to_pil
 from .module import fits, known_fields
@@ -276,6 +277,11 @@ class Pipeline:
         with fast_paths(self.fast):
             images = self.vae.decode(latents, tiled=vae_tiling)  # (1, 3, H, W) in [-1, 1]
         return to_pil(self.vae_backend.to_host(images).astype(numpy.float32))
+
+    def load_embedding(self, path, token=None):
+        """Textual inversion (embeddings.py): the file's vectors under `token` (default: the file's
+        own, the file's name for AUTOMATIC1111's), usable in prompts from now on; returns the token."""
+        return add_embedding(self.tokenizer, self.text_encoder, self.backend, path, token)
 
     def preview(self, latents):
         """A step's latents (N, 4, h, w) as a small RGB picture of the first image, (h, w) pixels:

@@ -84,8 +84,32 @@ class CLIPTokenizer:
         # case-sensitive ("<|ENDOFTEXT|>" is plain text). A pad token counts too: with SD 2.x's
         # "!", every "!" in a prompt becomes id 0 instead of the word "!</w>".
         self.special = {BOS, EOS, self.id_to_token[pad_id]}
+        self.vectors = {}  # textual inversion: a token -> all the tokens of its vectors
+        self.split_special()
+
+    def split_special(self):
+        """The regex that cuts special and added tokens out of a prompt, longest first."""
         longest_first = sorted(self.special, key=len, reverse=True)
         self.special_split = regex.compile("(" + "|".join(map(regex.escape, longest_first)) + ")")
+
+    def add_token(self, token: str, vectors: int) -> list[int]:
+        """Textual inversion: `token` and, for more vectors, `token_1`, `token_2`, ... get the next ids
+        after the vocabulary's last (as diffusers adds them). Like special tokens they are cut out
+        of a prompt as written, before any cleaning, and `token` stands for all of them."""
+        names = [token] + [f"{token}_{i}" for i in range(1, vectors)]
+        taken = [name for name in names if name in self.vocab]
+        if taken or not token.strip():
+            raise ValueError(
+                f"token {token!r} cannot be added: {', '.join(taken) or 'it is blank'} (choose another token name)"
+            )
+        for name in names:
+            self.vocab[name] = max(self.id_to_token) + 1
+            self.id_to_token[self.vocab[name]] = name
+        self.special.add(token)
+        self.vectors[token] = names
+        self.split_special()
+        self.cache.clear()
+        return [self.vocab[name] for name in names]
 
     # ---- building: from a model folder, or from OpenAI's shipped vocabulary ----
 
@@ -166,7 +190,7 @@ class CLIPTokenizer:
         pieces = []
         for part in self.special_split.split(text):
             if part in self.special:
-                pieces.append(part)
+                pieces += self.vectors.get(part, [part])
                 continue
             words = [w for word in WORD.findall(clean(part)) for w in GPT2_WORD.findall(word)]
             for word in words:
