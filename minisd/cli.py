@@ -80,6 +80,12 @@ def parse_args(argv):
         "--dtype float32 halves the weights' memory and computes in float32",
     )
     parser.add_argument(
+        "--lora",
+        action="append",
+        metavar="FILE[:SCALE]",
+        help="a LoRA .safetensors (kohya or diffusers/PEFT), fused at SCALE (default 1.0); repeatable",
+    )
+    parser.add_argument(
         "--embedding",
         action="append",
         metavar="FILE[:TOKEN]",
@@ -119,6 +125,8 @@ def main(argv=None):
             check_output(output, args.force)
         config = dict(args.config) if args.config else None
         pipe = load(args.weights or default_model_folder(), args.backend, args.dtype, config, args.weights_dtype)
+        for lora in args.lora or []:
+            pipe.load_lora(*split_lora(lora))
         for embedding in args.embedding or []:
             pipe.load_embedding(*split_embedding(embedding))
         options = pipe.options(**generation_options(args))
@@ -144,6 +152,15 @@ def split_embedding(text):
     """FILE[:TOKEN] -> (file, token or None); a colon inside a path (C:\\...) is not a token's."""
     path, _, token = text.rpartition(":")
     return (path, token) if path and token and not any(sep in token for sep in "/\\") else (text, None)
+
+
+def split_lora(text):
+    """FILE[:SCALE] -> (file, scale), scale 1.0 when not given."""
+    path, _, scale = text.rpartition(":")
+    try:
+        return (path, float(scale)) if path else (text, 1.0)
+    except ValueError:
+        return text, 1.0
 
 
 def write_preview(pipe, step, path, options):
@@ -213,6 +230,8 @@ def png_text(args, options, pipe, image, index):
         fields.update(clip_skip=options.clip_skip)
     if options.long_prompt != "truncate":
         fields.update(long_prompt=options.long_prompt)
+    if args.lora:
+        fields.update(loras=", ".join(args.lora))
     if args.embedding:
         fields.update(embeddings=", ".join(args.embedding))
     if args.prompt_weights != "auto":

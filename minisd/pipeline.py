@@ -21,6 +21,7 @@ from .backend import Backend
 from .embeddings import add_embedding
 from .errors import ConfigError, read_json
 from .images import from_pil, open_image, to_pil
+from .lora import LoRAs
 from .module import fits, known_fields
 from .ops import fast_paths
 from .options import Options
@@ -106,6 +107,7 @@ class Pipeline:
         self.name = name
         self.fast = fast  # False: the plain equations of nn.py only
         self.preview_map = preview_map or (SD_FACTORS, (0.0, 0.0, 0.0))  # (factors (4, 3), bias (3,))
+        self.loras = LoRAs({"unet": unet, "text_encoder": text_encoder}, backend)
         self.vae_scale_factor = vae.scale_factor  # 8 in SD
         # what an option left at None means: the model folder's minisd.json, else SD's usual values
         self.defaults = {
@@ -277,6 +279,14 @@ class Pipeline:
         with fast_paths(self.fast):
             images = self.vae.decode(latents, tiled=vae_tiling)  # (1, 3, H, W) in [-1, 1]
         return to_pil(self.vae_backend.to_host(images).astype(numpy.float32))
+
+    def load_lora(self, path, scale=1.0):
+        """LoRA (lora.py): the file's low-rank update, times `scale`, fused into the UNet and the text
+        encoder; several add up, `unload_loras` gives the weights back as they were."""
+        self.loras.load(path, scale)
+
+    def unload_loras(self):
+        self.loras.unload()
 
     def load_embedding(self, path, token=None):
         """Textual inversion (embeddings.py): the file's vectors under `token` (default: the file's

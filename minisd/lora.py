@@ -1,0 +1,112 @@
+"""LoRA: a low-rank update someone trained, added to a model's weights.
+
+A LoRA file holds, for some layers of the UNet and the text encoder, two thin matrices: A
+("down", r × in) and B ("up", out × r), with r much smaller than the layer. The layer's
+weight becomes
+
+    W' = W + s · (α / r) · B A          (a convolution's kernels alike, A and B flattened)
+
+with s the scale you choose and α the file's own factor (r when it gives none). Two layouts
+are shared, both .safetensors:
+
+    kohya / AUTOMATIC1111   lora_unet_<path with _>.lora_down.weight, .lora_up.weight, .alpha
+                            lora_te_<path with _>...   (the text encoder)
+    diffusers / PEFT        unet.<path>.lora_A.weight, unet.<path>.lora_B.weight
+                            text_encoder.<path>...     (α = r)
+
+where <path> is the layer's checkpoint key, which minisd's module paths are. The update is
+fused into the weights (computed in float32); the weights it changed are kept, so unloading
+gives the model back bit for bit. Every key of the file must name a layer of the model.
+"""
+
+import re
+
+import numpy
+
+from .errors import WeightsError
+from .safetensors_file import read_safetensors
+
+KOHYA = re.compile(r"(lora_unet|lora_te)_(\w+?)\.(lora_down\.weight|lora_up\.weight|alpha)")
+PEFT = re.compile(r"(unet|text_encoder)\.([\w.]+?)\.(lora_A\.weight|lora_B\.weight)")
+COMPONENTS = {"lora_unet": "unet", "lora_te": "text_encoder", "unet": "unet", "text_encoder": "text_encoder"}
+PART = {
+    "lora_down.weight": "down",
+    "lora_up.weight": "up",
+    "alpha": "alpha",
+    "lora_A.weight": "down",
+    "lora_B.weight": "up",
+}
+
+
+def read_lora(path, layers):
+    """{(component, layer key): {"down", "up", "alpha"}} of a LoRA file; `layers` maps each
+    (component, kohya name or layer key) to its layer key. A key naming no layer is an error."""
+    updates, unknown = {}, []
+    for key, tensor in read_safetensors(path).items():
+        match = KOHYA.fullmatch(key) or PEFT.fullmatch(key)
+        layer = layers.get((COMPONENTS[match.group(1)], match.group(2))) if match else None
+        if layer is None:
+            unknown.append(key)
+            continue
+        updates.setdefault((COMPONENTS[match.group(1)], layer), {})[PART[match.group(3)]] = numpy.asarray(tensor)
+    if unknown:
+        shown = ", ".join(sorted(unknown)[:10]) + (" ..." if len(unknown) > 10 else "")
+        raise WeightsError(
+            f"{path}: {len(unknown)} keys name no layer of this model: {shown} (a LoRA for another "
+            "model, or a layout minisd does not read: kohya lora_unet_/lora_te_ or diffusers/PEFT)"
+        )
+    incomplete = [layer for (_, layer), parts in updates.items() if not {"down", "up"} <= set(parts)]
+    if incomplete:
+        raise WeightsError(f"{path}: layers with only one of the two LoRA matrices: {', '.join(incomplete[:10])}")
+    return updates
+
+
+def layer_names(components):
+    """{(component, name): layer key} for every Linear and Conv2d: its key and its kohya name."""
+    names = {}
+    for component, module in components.items():
+        for key, layer in module.named_modules():
+            if type(layer).__name__ in ("Linear", "Conv2d"):
+                names[(component, key)] = names[(component, key.replace(".", "_"))] = key
+    return names
+
+
+def delta(path, layer, weight_shape, down, up, alpha, scale):
+    """s · (α / r) · B A, shaped like the layer's weight, in float32."""
+    rank = down.shape[0]
+    product = up.reshape(up.shape[0], -1).astype(numpy.float32) @ down.reshape(rank, -1).astype(numpy.float32)
+    if product.size != int(numpy.prod(weight_shape)) or up.shape[0] != weight_shape[0]:
+        raise WeightsError(
+            f"{path}: the LoRA for {layer} makes a {product.shape} update, the layer's weight is {tuple(weight_shape)}"
+        )
+    factor = float(alpha) / rank if alpha is not None else 1.0
+    return (scale * factor) * product.reshape(weight_shape)
+
+
+class LoRAs:
+    """The LoRAs fused into a pipeline's UNet and text encoder, and the weights they replaced."""
+
+    def __init__(self, components, backend):
+        self.components, self.backend = components, backend
+        self.layers = layer_names(components)
+        self.modules = {(c, key): m for c, module in components.items() for key, m in module.named_modules()}
+        self.originals = {}  # (component, layer key) -> the weight before any LoRA
+        self.loaded = []
+
+    def load(self, path, scale=1.0):
+        """Fuse the LoRA in file `path`, times `scale`, into the weights."""
+        updates = read_lora(path, self.layers)
+        for (component, layer), parts in updates.items():
+            module = self.modules[(component, layer)]
+            weight = module.weight
+            change = delta(path, layer, weight.shape, parts["down"], parts["up"], parts.get("alpha"), scale)
+            self.originals.setdefault((component, layer), weight)
+            fused = self.backend.to_host(weight).astype(numpy.float32) + change
+            module.weight = self.backend.asarray(fused, weight.dtype)
+        self.loaded.append((str(path), scale))
+
+    def unload(self):
+        """Every weight back as it was before the first LoRA, bit for bit."""
+        for (component, layer), weight in self.originals.items():
+            self.modules[(component, layer)].weight = weight
+        self.originals, self.loaded = {}, []
