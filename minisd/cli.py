@@ -64,7 +64,10 @@ def parse_args(argv):
         "prediction_type=epsilon, image_size=512, family=sd2 (repeatable)",
     )
     parser.add_argument("--init-image", help="start from this image (img2img)")
-    parser.add_argument("--strength", type=float, default=0.8, help="img2img: how much to change (0, 1]")
+    parser.add_argument(
+        "--strength", type=float, help="img2img and inpainting: how much to change, (0, 1] (default 0.8; inpainting 1)"
+    )
+    parser.add_argument("--mask", help="inpainting: with --init-image, a picture white where to paint")
     parser.add_argument(
         "--vae-tiling",
         action="store_true",
@@ -119,6 +122,8 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     outputs = output_paths(Path(args.output), args.num_images)
     try:
+        if args.mask and not args.init_image:
+            raise ValueError("--mask goes with --init-image: the picture to inpaint")
         if args.init_image and args.num_images != 1:
             raise ValueError("--num-images makes a batch from text only; with --init-image, one image per run")
         for output in outputs + ([Path(args.preview)] if args.preview else []):
@@ -186,7 +191,8 @@ def generation_options(args):
     """The pipeline's options (pipeline.Options) from the command line; what was not given stays
     None, for the pipeline to fill from the model's defaults."""
     width, height = args.size or (None, None)
-    image = {"image": args.init_image, "strength": args.strength} if args.init_image else {}
+    strength = args.strength if args.strength is not None else 1.0 if args.mask else 0.8
+    image = {"image": args.init_image, "strength": strength, "mask": args.mask} if args.init_image else {}
     return dict(
         negative_prompt=args.negative,
         steps=args.steps,
@@ -240,6 +246,8 @@ def png_text(args, options, pipe, image, index):
         fields.update(vae_tiling=True)
     if args.init_image:
         fields.update(init_image=Path(args.init_image).name, strength=options.strength)
+    if args.mask:
+        fields.update(mask=Path(args.mask).name)
     for key, value in fields.items():
         info.add_text(key, str(value))
     return info

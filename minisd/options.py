@@ -32,7 +32,8 @@ class Options:
     num_images: int = 1  # text to image: this many images in one batch
     latents: object = None  # text to image: the initial noise, (N, 4, h, w), instead of the seed's
     image: object = None  # image to image: the starting picture (PIL image or a path)
-    strength: float = 0.8  # image to image: how far to noise it, (0, 1]
+    strength: float = 0.8  # image to image: how far to noise it, (0, 1] (inpainting's default: 1)
+    mask: object = None  # inpainting: white where to paint over `image` (PIL image or a path)
     vae_tiling: bool = False  # decode images larger than the model's size in blended tiles
 
     def check_types(self):
@@ -44,8 +45,12 @@ class Options:
             value = getattr(self, field.name)
             if not fits(value, field.type):
                 raise ValueError(f"option {field.name} is {value!r:.80}, but it must be {describe(field.type)}")
-        if not (self.image is None or isinstance(self.image, (str, Path, Image.Image))):
-            raise ValueError(f"option image must be a PIL image or a picture file's path, not {type(self.image)}")
+        for name in ("image", "mask"):
+            value = getattr(self, name)
+            if not (value is None or isinstance(value, (str, Path, Image.Image))):
+                raise ValueError(f"option {name} must be a PIL image or a picture file's path, not {type(value)}")
+        if self.mask is not None and self.image is None:
+            raise ValueError("option mask goes with image: the picture to inpaint")
         if not (self.latents is None or hasattr(self.latents, "shape")):
             raise ValueError(f"option latents must be an array, not {type(self.latents).__name__}")
 

@@ -17,12 +17,13 @@ import numpy
 from PIL import Image
 from tqdm.auto import tqdm
 
+from . import inpaint
 from .backend import Backend
 from .embeddings import add_embedding
-from .errors import ConfigError, read_json
+from .errors import read_json
 from .images import from_pil, open_image, to_pil
 from .lora import LoRAs
-from .module import fits, known_fields
+from .model_settings import folder_defaults, folder_preview
 from .ops import fast_paths
 from .options import Options
 from .preview import SD_FACTORS, preview
@@ -134,9 +135,9 @@ class Pipeline:
             backend=backend,
             name=folder.resolve().name,
             vae_backend=vae_backend,
-            defaults=_folder_defaults(folder),
+            defaults=folder_defaults(folder),
             fast=fast,
-            preview_map=_folder_preview(folder),
+            preview_map=folder_preview(folder),
         )
 
     @property
@@ -157,6 +158,11 @@ class Pipeline:
         """Image to image: noise `image` up to `strength` (0 < strength <= 1), then denoise."""
         return self.generate(prompt, self.options(image=image, strength=strength, **options), progress)[0]
 
+    def inpaint(self, prompt, image, mask, strength=1.0, *, progress=True, **options):
+        """Inpainting (inpaint.py): repaint `image` where `mask` is white, keep the rest; with an
+        inpainting UNet (9 channels) or any other (the known part put back after every step)."""
+        return self.generate(prompt, self.options(image=image, mask=mask, strength=strength, **options), progress)[0]
+
     def generate(self, prompt, options, progress=True, on_step=None):
         """The list of PIL images that `options` (an `Options`, see `options`) describe;
         `on_step(step)` is called after every denoising step (the command line's --preview)."""
@@ -169,6 +175,8 @@ class Pipeline:
         options.check_types()
         if isinstance(options.image, (str, Path)):
             options.image = open_image(options.image)
+        if isinstance(options.mask, (str, Path)):
+            options.mask = open_image(options.mask)
         options.steps = self.defaults["steps"] if options.steps is None else options.steps
         options.guidance = self.defaults["guidance"] if options.guidance is None else options.guidance
         options.height, options.width = self._check_size(options.height, options.width, options.image)
@@ -201,18 +209,29 @@ class Pipeline:
             options.prompt_weights,
         )
         context = self.backend.xp.repeat(context, options.num_images, axis=0)  # ([N negatives;] N prompts, 77, D)
+        timesteps, inpainting = scheduler.timesteps, None
         if options.image is None:
-            timesteps = scheduler.timesteps
             latents = self._initial_latents(generator, options) * scheduler.init_noise_sigma
         else:
             timesteps = _img2img_timesteps(scheduler.timesteps, options.steps, options.strength, scheduler.order)
             scheduler.set_begin_index(len(scheduler.timesteps) - len(timesteps))
+        if options.image is not None and options.mask is None:
             latents = self._noised_image_latents(generator, options, scheduler, timesteps[0])
+        elif options.mask is not None:
+            image, strength_max = sized(options.image, options), options.strength == 1.0
+            latents, inpainting = inpaint.start(
+                self, generator, image, options.mask, scheduler, timesteps, strength_max
+            )
         for index, t in enumerate(timesteps):
             # fresh noise for this step (DDIM with eta > 0, Euler a, DDPM), drawn in diffusers' order
             noise = self._noise_like(generator, latents) if scheduler.needs_noise(t, options.eta) else None
-            noise_pred = self.predict_noise(scheduler.scale_model_input(latents, t), t, context, options.guidance)
+            extra = inpainting.extra if inpainting else None
+            noise_pred = self.predict_noise(
+                scheduler.scale_model_input(latents, t), t, context, options.guidance, extra
+            )
             latents = scheduler.step(noise_pred, t, latents, eta=options.eta, noise=noise)
+            if inpainting:
+                latents = inpainting.keep_known(latents, scheduler, timesteps, index)
             yield Step(index, len(timesteps), t.item(), latents, noise_pred)
 
     def encode_prompt(
@@ -255,13 +274,15 @@ class Pipeline:
             vectors = emphasize(vectors, weights)
         return vectors.reshape(1, -1, vectors.shape[-1])
 
-    def predict_noise(self, latents, t, context, guidance):
+    def predict_noise(self, latents, t, context, guidance, extra=None):
         """The UNet's noise estimate for latents (N, 4, h, w), with classifier-free guidance when
         the context has 2N rows (N negative, then N prompt).
 
         The UNet runs in the backend's dtype; latents and noise stay float32 for the scheduler.
         """
         sample = latents.astype(self.backend.dtype, copy=False)
+        if extra is not None:  # an inpainting UNet also sees the mask and the masked picture: (N, 9, h, w)
+            sample = self.backend.xp.concatenate([sample, extra.astype(sample.dtype)], axis=1)
         if context.shape[0] == sample.shape[0]:
             with fast_paths(self.fast):
                 return self.unet(sample, t, context).astype("float32", copy=False)
@@ -345,45 +366,26 @@ class Pipeline:
         return self.backend.asarray(options.latents, dtype="float32")
 
     def _noised_image_latents(self, generator, options, scheduler, t_start):
-        image = options.image.convert("RGB")
-        if image.size != (options.width, options.height):
-            image = image.resize((options.width, options.height), Image.LANCZOS)
-        mean, logvar = (x.astype("float32", copy=False) for x in self.encode_image(image))
-        sample = mean + self.backend.xp.exp(0.5 * logvar) * self._noise_like(generator, mean)
-        latents = sample * self.vae.config.scaling_factor
+        latents = self.sample_latents(generator, from_pil(sized(options.image, options)))
         return scheduler.add_noise(latents, self._noise_like(generator, latents), t_start)
+
+    def sample_latents(self, generator, pixels):
+        """Pixels (1, 3, H, W) in [-1, 1] -> latents drawn from the VAE's posterior, scaled for the UNet."""
+        with fast_paths(self.fast):
+            moments = self.vae.encode(self.vae_backend.asarray(pixels))
+        mean, logvar = (x.astype("float32", copy=False) for x in moments)
+        sample = mean + self.backend.xp.exp(0.5 * logvar) * self._noise_like(generator, mean)
+        return sample * self.vae.config.scaling_factor
 
     def _noise_like(self, generator, array):
         return self.backend.asarray(randn(generator, array.shape), dtype="float32")
 
 
-def _folder_defaults(folder):
-    """Generation defaults a model folder may carry in minisd.json ({"defaults": {"steps": ...}})."""
-    path = folder / "minisd.json"
-    if not path.exists():
-        return None
-    defaults = read_json(path).get("defaults", {})
-    allowed = {"steps", "guidance", "height", "width"}
-    if not isinstance(defaults, dict) or not set(defaults) <= allowed:
-        raise ConfigError(f"{path}: defaults must be an object of {', '.join(sorted(allowed))}, got {defaults!r:.80}")
-    known_fields(Options, defaults, path)  # their types
-    return defaults
-
-
-def _folder_preview(folder):
-    """The preview map a model folder may carry in minisd.json ({"preview": {"factors", "bias"}})."""
-    path = folder / "minisd.json"
-    settings = read_json(path).get("preview") if path.exists() else None
-    if settings is None:
-        return None
-    factors, bias = (numpy.asarray(settings.get(key), dtype=object) for key in ("factors", "bias"))
-    if factors.shape != (4, 3) or bias.shape != (3,) or not all(map(fits_number, [*factors.flat, *bias])):
-        raise ConfigError(f"{path}: preview must hold factors, 4 rows of 3 numbers, and bias, 3 numbers")
-    return factors.astype(numpy.float32), bias.astype(numpy.float32)
-
-
-def fits_number(value):
-    return fits(value, float)
+def sized(image, options):
+    """The picture in RGB at the options' size (Lanczos resampling, as diffusers)."""
+    image = image.convert("RGB")
+    size = (options.width, options.height)
+    return image if image.size == size else image.resize(size, Image.LANCZOS)
 
 
 def _img2img_timesteps(timesteps, steps, strength, order):
