@@ -13,12 +13,17 @@ from .module import fits, known_fields
 from .options import Options
 
 
-def folder_defaults(folder):
-    """Generation defaults a model folder may carry in minisd.json ({"defaults": {"steps": ...}})."""
+def read_model_settings(folder):
+    """(defaults, preview map) from a model folder's minisd.json, each None where it gives none."""
     path = folder / "minisd.json"
     if not path.exists():
-        return None
-    defaults = read_json(path).get("defaults", {})
+        return None, None
+    settings = read_json(path)
+    return checked_defaults(path, settings.get("defaults", {})), checked_preview(path, settings.get("preview"))
+
+
+def checked_defaults(path, defaults):
+    """Generation defaults ({"steps": ..., "guidance": ..., "height": ..., "width": ...}), checked."""
     allowed = {"steps", "guidance", "height", "width"}
     if not isinstance(defaults, dict) or not set(defaults) <= allowed:
         raise ConfigError(f"{path}: defaults must be an object of {', '.join(sorted(allowed))}, got {defaults!r:.80}")
@@ -26,17 +31,12 @@ def folder_defaults(folder):
     return defaults
 
 
-def folder_preview(folder):
-    """The preview map a model folder may carry in minisd.json ({"preview": {"factors", "bias"}})."""
-    path = folder / "minisd.json"
-    settings = read_json(path).get("preview") if path.exists() else None
-    if settings is None:
+def checked_preview(path, preview):
+    """The preview map ({"factors": 4 rows of 3 numbers, "bias": 3 numbers}) as arrays, or None."""
+    if preview is None:
         return None
-    factors, bias = (numpy.asarray(settings.get(key), dtype=object) for key in ("factors", "bias"))
-    if factors.shape != (4, 3) or bias.shape != (3,) or not all(map(fits_number, [*factors.flat, *bias])):
-        raise ConfigError(f"{path}: preview must hold factors, 4 rows of 3 numbers, and bias, 3 numbers")
-    return factors.astype(numpy.float32), bias.astype(numpy.float32)
-
-
-def fits_number(value):
-    return fits(value, float)
+    if isinstance(preview, dict):
+        factors, bias = (numpy.asarray(preview.get(key), dtype=object) for key in ("factors", "bias"))
+        if factors.shape == (4, 3) and bias.shape == (3,) and all(fits(v, float) for v in (*factors.flat, *bias)):
+            return factors.astype(numpy.float32), bias.astype(numpy.float32)
+    raise ConfigError(f"{path}: preview must hold factors, 4 rows of 3 numbers, and bias, 3 numbers")

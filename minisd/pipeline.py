@@ -23,7 +23,7 @@ from .embeddings import add_embedding
 from .errors import read_json
 from .images import from_pil, open_image, to_pil
 from .lora import LoRAs
-from .model_settings import folder_defaults, folder_preview
+from .model_settings import read_model_settings
 from .ops import fast_paths
 from .options import Options
 from .preview import SD_FACTORS, preview
@@ -124,20 +124,22 @@ class Pipeline:
         check_model_folder(path)
         folder = Path(path)
         scheduler_file = folder / "scheduler" / "scheduler_config.json"
-        check_scheduler_config(read_json(scheduler_file), scheduler_file)
+        scheduler_config = read_json(scheduler_file)
+        check_scheduler_config(scheduler_config, scheduler_file)
+        defaults, preview_map = read_model_settings(folder)
         vae_backend = _vae_backend(backend, read_json(folder / "vae" / "config.json").get("force_upcast", True))
         return cls(
             tokenizer=load_tokenizer(folder),
             text_encoder=load_component(folder, "text_encoder", backend),
             unet=load_component(folder, "unet", backend),
             vae=load_component(folder, "vae", vae_backend),
-            scheduler_config=read_json(scheduler_file),
+            scheduler_config=scheduler_config,
             backend=backend,
             name=folder.resolve().name,
             vae_backend=vae_backend,
-            defaults=folder_defaults(folder),
+            defaults=defaults,
             fast=fast,
-            preview_map=folder_preview(folder),
+            preview_map=preview_map,
         )
 
     @property
@@ -173,10 +175,9 @@ class Pipeline:
         """An `Options` from keywords, what was left at None filled from the model's defaults, checked."""
         options = Options(**given)
         options.check_types()
-        if isinstance(options.image, (str, Path)):
-            options.image = open_image(options.image)
-        if isinstance(options.mask, (str, Path)):
-            options.mask = open_image(options.mask)
+        for name in ("image", "mask"):
+            if isinstance(getattr(options, name), (str, Path)):
+                setattr(options, name, open_image(getattr(options, name)))
         options.steps = self.defaults["steps"] if options.steps is None else options.steps
         options.guidance = self.defaults["guidance"] if options.guidance is None else options.guidance
         options.height, options.width = self._check_size(options.height, options.width, options.image)
