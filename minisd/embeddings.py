@@ -59,10 +59,10 @@ def add_embedding(tokenizer, text_encoder, backend, path, token=None):
             f"{path}: its vectors are {vectors.shape[1]} wide, this text encoder's {width}: "
             "the embedding was trained for another model"
         )
-    if max(tokenizer.id_to_token) + 1 != rows:
+    if tokenizer.next_id != rows:
         raise WeightsError(
-            f"the tokenizer's next id {max(tokenizer.id_to_token) + 1} is not the embedding table's "
-            f"next row {rows}: the tokenizer does not belong to this text encoder"
+            f"the tokenizer's next id {tokenizer.next_id} is not the embedding table's next row {rows}: "
+            "the tokenizer does not belong to this text encoder"
         )
     tokenizer.add_token(token, len(vectors))
     table.weight = backend.xp.concatenate([table.weight, backend.asarray(vectors, table.weight.dtype)])  # (rows + n, D)

@@ -60,19 +60,15 @@ def start(pipe, generator, image, mask, scheduler, timesteps, strength_max):
     image_latents = None
     if channels == 4 or not strength_max:
         image_latents = pipe.sample_latents(generator, pixels)
-    noise = pipe.backend.asarray(generator.standard_normal((1, 4, *image_latents_shape(pipe, image)), numpy.float32))
+    factor, (width, height) = pipe.vae_scale_factor, image.size
+    shape = (1, pipe.vae.config.latent_channels, height // factor, width // factor)
+    noise = pipe.backend.asarray(generator.standard_normal(shape, numpy.float32))
     if strength_max:
         latents = noise * scheduler.init_noise_sigma
     else:
         latents = scheduler.add_noise(image_latents, noise, timesteps[0])
     paint = mask_pixels(mask, *image.size)  # (1, 1, H, W)
     masked_latents = pipe.sample_latents(generator, pixels * (paint < 0.5))
-    factor = pipe.vae_scale_factor
     small = pipe.backend.asarray(paint[:, :, ::factor, ::factor], numpy.float32)  # nearest, as torch's interpolate
     extra = xp.concatenate([small, masked_latents], axis=1) if channels == 9 else None
     return latents, Inpainting(small, extra, image_latents, noise)
-
-
-def image_latents_shape(pipe, image):
-    """(h, w) of the latents of a picture of image's size."""
-    return image.size[1] // pipe.vae_scale_factor, image.size[0] // pipe.vae_scale_factor

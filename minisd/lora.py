@@ -24,6 +24,7 @@ import re
 import numpy
 
 from .errors import WeightsError
+from .layers import Conv2d, Linear
 from .safetensors_file import read_safetensors
 
 KOHYA = re.compile(r"(lora_unet|lora_te)_(\w+?)\.(lora_down\.weight|lora_up\.weight|alpha)")
@@ -66,7 +67,7 @@ def layer_names(components):
     names = {}
     for component, module in components.items():
         for key, layer in module.named_modules():
-            if type(layer).__name__ in ("Linear", "Conv2d"):
+            if isinstance(layer, (Linear, Conv2d)):
                 names[(component, key)] = names[(component, key.replace(".", "_"))] = key
     return names
 

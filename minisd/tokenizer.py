@@ -92,6 +92,11 @@ class CLIPTokenizer:
         longest_first = sorted(self.special, key=len, reverse=True)
         self.special_split = regex.compile("(" + "|".join(map(regex.escape, longest_first)) + ")")
 
+    @property
+    def next_id(self) -> int:
+        """The id a token added now gets: one after the vocabulary's last."""
+        return max(self.id_to_token) + 1
+
     def add_token(self, token: str, vectors: int) -> list[int]:
         """Textual inversion: `token` and, for more vectors, `token_1`, `token_2`, ... get the next ids
         after the vocabulary's last (as diffusers adds them). Like special tokens they are cut out
@@ -103,7 +108,7 @@ class CLIPTokenizer:
                 f"token {token!r} cannot be added: {', '.join(taken) or 'it is blank'} (choose another token name)"
             )
         for name in names:
-            self.vocab[name] = max(self.id_to_token) + 1
+            self.vocab[name] = self.next_id
             self.id_to_token[self.vocab[name]] = name
         self.special.add(token)
         self.vectors[token] = names

@@ -185,6 +185,7 @@ CONFIGS = {
     "defaults": ("minisd.json", lambda c: {"defaults": {"steps": "many"}}, ConfigError, "steps is 'many'"),
     "preview-shape": ("minisd.json", lambda c: {"preview": {"factors": [[1, 2]], "bias": [0, 0, 0]}}, ConfigError,
                       "preview must hold"),
+    "preview-a-list": ("minisd.json", lambda c: {"preview": [1, 2]}, ConfigError, "preview must hold"),
     "defaults-unknown": ("minisd.json", lambda c: {"defaults": {"colour": 1}}, ConfigError, "defaults must be"),
 }  # fmt: skip
 
