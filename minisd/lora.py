@@ -40,36 +40,37 @@ PART = {
 
 
 def read_lora(path, layers):
-    """{(component, layer key): {"down", "up", "alpha"}} of a LoRA file; `layers` maps each
-    (component, kohya name or layer key) to its layer key. A key naming no layer is an error."""
+    """{(layer key, layer): {"down", "up", "alpha"}} of a LoRA file, `layers` from layers_by_name.
+    A key naming no layer is an error."""
     updates, unknown = {}, []
     for key, tensor in read_safetensors(path).items():
         match = KOHYA.fullmatch(key) or PEFT.fullmatch(key)
-        layer = layers.get((COMPONENTS[match.group(1)], match.group(2))) if match else None
-        if layer is None:
+        found = layers.get((COMPONENTS[match.group(1)], match.group(2))) if match else None
+        if found is None:
             unknown.append(key)
             continue
-        updates.setdefault((COMPONENTS[match.group(1)], layer), {})[PART[match.group(3)]] = numpy.asarray(tensor)
+        updates.setdefault(found, {})[PART[match.group(3)]] = numpy.asarray(tensor)
     if unknown:
         shown = ", ".join(sorted(unknown)[:10]) + (" ..." if len(unknown) > 10 else "")
         raise WeightsError(
             f"{path}: {len(unknown)} keys name no layer of this model: {shown} (a LoRA for another "
             "model, or a layout minisd does not read: kohya lora_unet_/lora_te_ or diffusers/PEFT)"
         )
-    incomplete = [layer for (_, layer), parts in updates.items() if not {"down", "up"} <= set(parts)]
+    incomplete = [key for (key, _), parts in updates.items() if not {"down", "up"} <= set(parts)]
     if incomplete:
         raise WeightsError(f"{path}: layers with only one of the two LoRA matrices: {', '.join(incomplete[:10])}")
     return updates
 
 
-def layer_names(components):
-    """{(component, name): layer key} for every Linear and Conv2d: its key and its kohya name."""
-    names = {}
+def layers_by_name(components):
+    """{(component, name): (layer key, layer)} for every Linear and Conv2d, under its checkpoint
+    key and under its kohya name (the key with `_` for `.`)."""
+    layers = {}
     for component, module in components.items():
         for key, layer in module.named_modules():
             if isinstance(layer, (Linear, Conv2d)):
-                names[(component, key)] = names[(component, key.replace(".", "_"))] = key
-    return names
+                layers[(component, key)] = layers[(component, key.replace(".", "_"))] = (key, layer)
+    return layers
 
 
 def delta(path, layer, weight_shape, down, up, alpha, scale):
@@ -89,25 +90,20 @@ class LoRAs:
 
     def __init__(self, components, backend):
         self.components, self.backend = components, backend
-        self.layers = layer_names(components)
-        self.modules = {(c, key): m for c, module in components.items() for key, m in module.named_modules()}
-        self.originals = {}  # (component, layer key) -> the weight before any LoRA
-        self.loaded = []
+        self.originals = {}  # layer -> its weight before any LoRA
 
     def load(self, path, scale=1.0):
         """Fuse the LoRA in file `path`, times `scale`, into the weights."""
-        updates = read_lora(path, self.layers)
-        for (component, layer), parts in updates.items():
-            module = self.modules[(component, layer)]
-            weight = module.weight
-            change = delta(path, layer, weight.shape, parts["down"], parts["up"], parts.get("alpha"), scale)
-            self.originals.setdefault((component, layer), weight)
-            fused = self.backend.to_host(weight).astype(numpy.float32) + change
-            module.weight = self.backend.asarray(fused, weight.dtype)
-        self.loaded.append((str(path), scale))
+        for (key, layer), parts in read_lora(path, layers_by_name(self.components)).items():
+            weight = layer.weight
+            change = delta(path, key, weight.shape, parts["down"], parts["up"], parts.get("alpha"), scale)
+            self.originals.setdefault(layer, weight)
+            layer.weight = self.backend.asarray(
+                self.backend.to_host(weight).astype(numpy.float32) + change, weight.dtype
+            )
 
     def unload(self):
         """Every weight back as it was before the first LoRA, bit for bit."""
-        for (component, layer), weight in self.originals.items():
-            self.modules[(component, layer)].weight = weight
-        self.originals, self.loaded = {}, []
+        for layer, weight in self.originals.items():
+            layer.weight = weight
+        self.originals = {}
