@@ -284,12 +284,12 @@ class Pipeline:
         sample = latents.astype(self.backend.dtype, copy=False)
         if extra is not None:  # an inpainting UNet also sees the mask and the masked picture: (N, 9, h, w)
             sample = self.backend.xp.concatenate([sample, extra.astype(sample.dtype)], axis=1)
-        if context.shape[0] == sample.shape[0]:
-            with fast_paths(self.fast):
-                return self.unet(sample, t, context).astype("float32", copy=False)
-        xp = self.backend.xp
+        xp, guided = self.backend.xp, context.shape[0] != sample.shape[0]
         with fast_paths(self.fast):
-            noise = self.unet(xp.concatenate([sample, sample]), t, context).astype("float32", copy=False)
+            noise = self.unet(xp.concatenate([sample, sample]) if guided else sample, t, context)
+        noise = noise.astype("float32", copy=False)
+        if not guided:
+            return noise
         noise_uncond, noise_text = xp.split(noise, 2)  # each (N, 4, h, w)
         return noise_uncond + guidance * (noise_text - noise_uncond)
 
