@@ -17,7 +17,9 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog="minisd", description="Generate an image from a text prompt.")
     parser.add_argument("prompt", help="what to draw")
     parser.add_argument("-o", "--output", default="minisd.png", help="PNG file to write (default: minisd.png)")
-    parser.add_argument("--negative", default="", help="negative prompt: what to steer away from")
+    parser.add_argument(
+        "--negative", help='negative prompt: what to steer away from (none given: "", except SDXL\'s zeros)'
+    )
     parser.add_argument("--steps", type=int, help="denoising steps (default: the model's, 50 for SD)")
     parser.add_argument(
         "--guidance", type=float, help="classifier-free guidance scale (default: the model's, 7.5 for SD)"
@@ -68,6 +70,13 @@ def parse_args(argv):
         "--strength", type=float, help="img2img and inpainting: how much to change, (0, 1] (default 0.8; inpainting 1)"
     )
     parser.add_argument("--mask", help="inpainting: with --init-image, a picture white where to paint")
+    parser.add_argument(
+        "--original-size", type=parse_size, help="SDXL: the picture size to condition on, WxH (default: --size)"
+    )
+    parser.add_argument("--target-size", type=parse_size, help="SDXL: the target size to condition on, WxH")
+    parser.add_argument(
+        "--crop", type=parse_size, metavar="LEFTxTOP", help="SDXL: the crop's top-left corner to condition on (0x0)"
+    )
     parser.add_argument(
         "--vae-tiling",
         action="store_true",
@@ -193,6 +202,11 @@ def generation_options(args):
     width, height = args.size or (None, None)
     strength = args.strength if args.strength is not None else 1.0 if args.mask else 0.8
     image = {"image": args.init_image, "strength": strength, "mask": args.mask} if args.init_image else {}
+    sizes = {  # SDXL's size conditioning: (height, width) pairs
+        name: value and value[::-1]
+        for name, value in (("original_size", args.original_size), ("target_size", args.target_size))
+    }
+    sizes["crop_top_left"] = args.crop[::-1] if args.crop else (0, 0)
     return dict(
         negative_prompt=args.negative,
         steps=args.steps,
@@ -207,6 +221,7 @@ def generation_options(args):
         prompt_weights={"auto": None, "on": True, "off": False}[args.prompt_weights],
         num_images=args.num_images,
         vae_tiling=args.vae_tiling,
+        **{name: value for name, value in sizes.items() if value is not None},
         **image,
     )
 
@@ -217,7 +232,7 @@ def png_text(args, options, pipe, image, index):
     info = PngInfo()
     fields = {
         "prompt": args.prompt,
-        "negative_prompt": options.negative_prompt,
+        "negative_prompt": options.negative_prompt or "",
         "seed": options.seed,
         "steps": options.steps,
         "scheduler": options.scheduler,
@@ -228,6 +243,11 @@ def png_text(args, options, pipe, image, index):
         "backend": f"{args.backend}/{args.dtype}",
         "software": "minisd",
     }
+    if pipe.sdxl and options.negative_prompt is None:  # not "": SDXL then guides away from zeros
+        fields.update(negative_prompt_given="no")
+    for name in ("original_size", "target_size", "crop_top_left"):
+        if getattr(options, name) not in (None, (0, 0)):
+            fields[name] = "x".join(map(str, getattr(options, name)[::-1]))
     if options.num_images > 1:
         fields.update(num_images=options.num_images, image_index=index + 1)
     if args.weights_dtype:

@@ -3,6 +3,11 @@
 SD 1.x uses OpenAI CLIP ViT-L/14 (width 768, 12 layers, quick_gelu); SD 2.x uses OpenCLIP
 ViT-H (width 1024, exact GELU, the penultimate of 24 layers: its config says 23). Both are
 this one pre-LayerNorm transformer with a causal mask, read from text_encoder/config.json.
+
+SDXL reads two of them (ViT-L and OpenCLIP ViT-bigG, width 1280, 32 layers) a layer before
+their last, without the final LayerNorm (`CLIPTextModel.penultimate`), and also takes the
+second one's *pooled* vector: the final state of the end token, projected
+(`CLIPTextModelWithProjection`).
 """
 
 from dataclasses import dataclass
@@ -23,6 +28,8 @@ class CLIPTextConfig(Config):
     max_position_embeddings: int = 77
     hidden_act: str = "quick_gelu"
     layer_norm_eps: float = 1e-5
+    eos_token_id: int = 2  # 2 (transformers' old default): the end token is the largest id
+    projection_dim: int = 768  # CLIPTextModelWithProjection's pooled vector
 
     def check(self, source):
         must = Rules(source, self)
@@ -32,6 +39,7 @@ class CLIPTextConfig(Config):
         must("num_attention_heads", self.hidden_size % self.num_attention_heads == 0, "a divisor of hidden_size")
         must("hidden_act", self.hidden_act in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}")
         must("layer_norm_eps", self.layer_norm_eps > 0, "> 0")
+        must("projection_dim", positive_integers([self.projection_dim]), "an integer >= 1")
 
 
 class CLIPTextModel(Module):
@@ -46,12 +54,50 @@ class CLIPTextModel(Module):
 
     def __call__(self, ids, clip_skip=0):
         layers = self.config.num_hidden_layers
-        if not isinstance(clip_skip, int) or not 0 <= clip_skip < layers:
-            raise ValueError(
-                f"clip_skip must be an integer from 0 to {layers - 1} (this text encoder has "
-                f"{layers} layers), got {clip_skip!r}"
-            )
-        return self.text_model(ids, layers - clip_skip)
+        check_clip_skip(clip_skip, layers)
+        return self.text_model.final_layer_norm(self.text_model.hidden_states(ids, layers - clip_skip)[-1])
+
+    def penultimate(self, ids, clip_skip=0):
+        """SDXL's text vectors: the state after all layers but the last (clip_skip more before),
+        *without* the final LayerNorm, as diffusers takes `hidden_states[-(clip_skip + 2)]`."""
+        layers = self.config.num_hidden_layers
+        check_clip_skip(clip_skip, layers - 1)
+        return self.text_model.hidden_states(ids, layers - 1 - clip_skip)[-1]
+
+
+class CLIPTextModelWithProjection(CLIPTextModel):
+    """CLIPTextModel with the pooled output: ids (B, 77) -> (penultimate states (B, 77, D),
+    pooled (B, projection_dim)). Keys `text_model.*` and `text_projection.weight`."""
+
+    def __init__(self, config: CLIPTextConfig):
+        super().__init__(config)
+        self.text_projection = Linear(config.hidden_size, config.projection_dim, bias=False)
+
+    def penultimate_and_pooled(self, ids, clip_skip=0):
+        """SDXL's second text encoder, one pass: the text vectors `penultimate` gives, and the
+        projected final state of each row's end token (the pooled prompt vector)."""
+        layers = self.config.num_hidden_layers
+        check_clip_skip(clip_skip, layers - 1)
+        states = self.text_model.hidden_states(ids, layers)  # layers + 1 of them, (B, 77, D) each
+        last = self.text_model.final_layer_norm(states[-1])  # (B, 77, D)
+        pooled = last[array_module(ids).arange(ids.shape[0]), self.end_positions(ids)]  # (B, D)
+        return states[-2 - clip_skip], self.text_projection(pooled)
+
+    def end_positions(self, ids):
+        """Where each row's end token is, as transformers finds it: the largest id (when the
+        config's eos_token_id is the old default 2), else the first `eos_token_id`."""
+        xp = array_module(ids)
+        if self.config.eos_token_id == 2:
+            return xp.argmax(ids, axis=-1)
+        return xp.argmax(ids == self.config.eos_token_id, axis=-1)
+
+
+def check_clip_skip(clip_skip, most):
+    if not isinstance(clip_skip, int) or not 0 <= clip_skip < most:
+        raise ValueError(
+            f"clip_skip must be an integer from 0 to {most - 1} (this text encoder has {most} usable "
+            f"layers), got {clip_skip!r}"
+        )
 
 
 class CLIPTextTransformer(Module):
@@ -60,10 +106,11 @@ class CLIPTextTransformer(Module):
         self.encoder = CLIPEncoder(config)
         self.final_layer_norm = LayerNorm(config.hidden_size, config.layer_norm_eps)
 
-    def __call__(self, ids, depth):
+    def hidden_states(self, ids, depth):
+        """The embeddings, then the state after each of the first `depth` layers: depth + 1 arrays
+        (B, 77, D), as transformers' `hidden_states` (the final LayerNorm not applied)."""
         x = self.embeddings(ids)  # (B, 77, D)
-        x = self.encoder(x, causal_mask(x, ids.shape[1]), depth)
-        return self.final_layer_norm(x)
+        return self.encoder(x, causal_mask(x, ids.shape[1]), depth)
 
 
 class CLIPTextEmbeddings(Module):
@@ -83,10 +130,11 @@ class CLIPEncoder(Module):
         self.layers = [CLIPEncoderLayer(config) for _ in range(config.num_hidden_layers)]
 
     def __call__(self, x, mask, depth):
-        """The first `depth` layers."""
+        """The input and the output of each of the first `depth` layers."""
+        states = [x]
         for layer in self.layers[:depth]:
-            x = layer(x, mask)
-        return x
+            states.append(layer(states[-1], mask))
+        return states
 
 
 class CLIPEncoderLayer(Module):

@@ -18,7 +18,7 @@ class Options:
     `denoise` take as keywords, and what the command line fills. None means the model's default
     (`Pipeline.options` fills it in)."""
 
-    negative_prompt: str = ""  # what to steer away from
+    negative_prompt: str | None = None  # what to steer away from (None: as "", except SDXL's zeros, sdxl.py)
     steps: int | None = None  # denoising steps (default: the model folder's, else 50)
     guidance: float | None = None  # classifier-free guidance scale s (default: the folder's, else 7.5)
     seed: int = 0  # the seed of every random draw
@@ -35,6 +35,10 @@ class Options:
     strength: float = 0.8  # image to image: how far to noise it, (0, 1] (inpainting's default: 1)
     mask: object = None  # inpainting: white where to paint over `image` (PIL image or a path)
     vae_tiling: bool = False  # decode images larger than the model's size in blended tiles
+    # SDXL's size conditioning (sdxl.time_ids), (height, width) pairs: None means the picture's size
+    original_size: tuple | None = None
+    crop_top_left: tuple = (0, 0)
+    target_size: tuple | None = None
 
     def check_types(self):
         """Raise a ValueError naming the first option whose type is not the one its field declares."""
@@ -51,6 +55,10 @@ class Options:
                 raise ValueError(f"option {name} must be a PIL image or a picture file's path, not {type(value)}")
         if self.mask is not None and self.image is None:
             raise ValueError("option mask goes with image: the picture to inpaint")
+        for name in ("original_size", "crop_top_left", "target_size"):
+            pair, least = getattr(self, name), 0 if name == "crop_top_left" else 1
+            if pair is not None and not (len(pair) == 2 and all(fits(v, int) and v >= least for v in pair)):
+                raise ValueError(f"option {name} must be two integers >= {least}, (height, width), got {pair!r:.80}")
         if not (self.latents is None or hasattr(self.latents, "shape")):
             raise ValueError(f"option latents must be an array, not {type(self.latents).__name__}")
 

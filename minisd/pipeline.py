@@ -7,6 +7,9 @@
 
 Guidance runs the UNet twice per step, without and with the text, and pushes the prediction
 away from the unconditional one: ε = ε_uncond + s·(ε_text − ε_uncond).
+
+SDXL (a folder with a second text encoder) is this same loop: only what the UNet is told
+changes (sdxl.py, `Pipeline.condition`).
 """
 
 import warnings
@@ -31,7 +34,9 @@ from .prompt_weights import emphasize, has_weights, parse, weighted_chunks
 from .rng import TorchGenerator
 from .schedulers import check_config as check_scheduler_config
 from .schedulers import make_scheduler, scheduler_name
+from .sdxl import SDXLText, time_ids
 from .single_file import read_single_file
+from .unet import guidance_embedding
 from .weights import check_model_folder, load_component, load_tokenizer
 
 
@@ -69,6 +74,19 @@ def load(path, backend="numpy", dtype="float32", config=None, weights_dtype=None
     return Pipeline.from_folder(path, backend, fast)
 
 
+def _sdxl_text(folder, backend):
+    """SDXL's second tokenizer and text encoder, when model_index.json names them; else None."""
+    index = read_json(folder / "model_index.json")
+    if (index.get("text_encoder_2") or [None])[0] is None:  # SDXL: ["transformers", "CLIPTextModelWithProjection"]
+        return None
+    return SDXLText(
+        (load_tokenizer(folder), load_tokenizer(folder, "tokenizer_2")),
+        (load_component(folder, "text_encoder", backend), load_component(folder, "text_encoder_2", backend)),
+        backend,
+        index.get("force_zeros_for_empty_prompt", True) is True,
+    )
+
+
 def _vae_backend(backend, force_upcast):
     """The VAE's backend: float32 when the rest runs in float16, as diffusers does (it overflows)."""
     return backend.with_dtype("float32") if backend.dtype == numpy.float16 and force_upcast else backend
@@ -97,6 +115,7 @@ class Pipeline:
         defaults=None,
         fast=True,
         preview_map=None,
+        sdxl=None,
     ):
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
@@ -106,6 +125,7 @@ class Pipeline:
         self.backend = backend
         self.vae_backend = vae_backend or backend
         self.name = name
+        self.sdxl = sdxl  # SDXL's second tokenizer and text encoder (sdxl.SDXLText), None in SD 1/2
         self.fast = fast  # False: the plain equations of nn.py only
         self.preview_map = preview_map or (SD_FACTORS, (0.0, 0.0, 0.0))  # (factors (4, 3), bias (3,))
         self.loras = LoRAs({"unet": unet, "text_encoder": text_encoder}, backend)
@@ -113,7 +133,7 @@ class Pipeline:
         # what an option left at None means: the model folder's minisd.json, else SD's usual values
         self.defaults = {
             "steps": 50,
-            "guidance": 7.5,
+            "guidance": 5.0 if sdxl else 7.5,  # diffusers' defaults
             "height": self.default_size,
             "width": self.default_size,
             **(defaults or {}),
@@ -140,6 +160,7 @@ class Pipeline:
             defaults=defaults,
             fast=fast,
             preview_map=preview_map,
+            sdxl=_sdxl_text(folder, backend),
         )
 
     @property
@@ -149,7 +170,7 @@ class Pipeline:
 
     # ------------------------------------------------------------ public API
 
-    def __call__(self, prompt, negative_prompt="", *, progress=True, **options):
+    def __call__(self, prompt, negative_prompt=None, *, progress=True, **options):
         """Text to image: a PIL image, or with num_images > 1 a list of them, denoised together
         as one batch through the UNet (their noise drawn at once, as diffusers'
         num_images_per_prompt does). `options`: the fields of `Options`."""
@@ -183,6 +204,11 @@ class Pipeline:
         options.height, options.width = self._check_size(options.height, options.width, options.image)
         options.scheduler = options.scheduler or scheduler_name(self.scheduler_config)
         options.check()
+        given_sizes = [name for name in ("original_size", "target_size") if getattr(options, name) is not None]
+        if not self.sdxl and (given_sizes or tuple(options.crop_top_left) != (0, 0)):
+            raise ValueError(
+                f"{', '.join(given_sizes) or 'crop_top_left'} conditions SDXL's UNet; {self.name} is not an SDXL model"
+            )
         return options
 
     def denoise(self, prompt, options=None, **given):
@@ -201,15 +227,7 @@ class Pipeline:
         scheduler = make_scheduler(options.scheduler, self.scheduler_config)
         scheduler.set_timesteps(options.steps)
         generator = TorchGenerator(options.seed)
-        context = self.encode_prompt(
-            prompt,
-            options.negative_prompt,
-            options.guidance,
-            options.clip_skip,
-            options.long_prompt,
-            options.prompt_weights,
-        )
-        context = self.backend.xp.repeat(context, options.num_images, axis=0)  # ([N negatives;] N prompts, 77, D)
+        context, added = self.condition(prompt, options)
         timesteps, inpainting = scheduler.timesteps, None
         if options.image is None:
             latents = self._initial_latents(generator, options) * scheduler.init_noise_sigma
@@ -228,17 +246,54 @@ class Pipeline:
             noise = self._noise_like(generator, latents) if scheduler.needs_noise(t, options.eta) else None
             extra = inpainting.extra if inpainting else None
             noise_pred = self.predict_noise(
-                scheduler.scale_model_input(latents, t), t, context, options.guidance, extra
+                scheduler.scale_model_input(latents, t), t, context, options.guidance, extra, added
             )
             latents = scheduler.step(noise_pred, t, latents, eta=options.eta, noise=noise)
             if inpainting:
                 latents = inpainting.keep_known(latents, scheduler, timesteps, index)
             yield Step(index, len(timesteps), t.item(), latents, noise_pred)
 
+    def condition(self, prompt, options):
+        """What the UNet is told besides the latents and t, each with a row per image:
+        the text vectors ([N negatives;] N prompts, 77, D), and a dict of the inputs some UNets add
+        (SDXL's pooled text `text_embeds` and `time_ids`; LCM's guidance embedding `timestep_cond`)."""
+        xp, added = self.backend.xp, {}
+        if self.sdxl:
+            self._check_sdxl_text(prompt, options)
+            context, added["text_embeds"] = self.sdxl.encode(
+                prompt, options.negative_prompt, self.guided(options.guidance), options.clip_skip, self.fast
+            )
+            added["time_ids"] = xp.asarray(numpy.stack([time_ids(options)] * len(context)))  # ([1;] 1, 6)
+        else:
+            guidance = options.guidance if self.guided(options.guidance) else 1
+            texts = (prompt, options.negative_prompt, guidance, options.clip_skip)
+            context = self.encode_prompt(*texts, options.long_prompt, options.prompt_weights)
+        if self.unet.config.time_cond_proj_dim is not None:  # LCM: the guidance scale is an input
+            w = xp.full((1,), options.guidance - 1, dtype="float32")
+            added["timestep_cond"] = guidance_embedding(w, self.unet.config.time_cond_proj_dim)  # (1, dim)
+        repeat = options.num_images
+        return xp.repeat(context, repeat, axis=0), {name: xp.repeat(v, repeat, axis=0) for name, v in added.items()}
+
+    def guided(self, guidance):
+        """Whether classifier-free guidance runs: guidance > 1, unless the UNet takes the guidance
+        scale as an input (LCM's distilled UNets), as diffusers decides."""
+        return guidance > 1 and self.unet.config.time_cond_proj_dim is None
+
+    def _check_sdxl_text(self, prompt, options):
+        if options.prompt_weights or options.long_prompt == "chunk":
+            raise ValueError(
+                "prompt weights and long_prompt='chunk' are not implemented for SDXL's two text encoders; "
+                "use prompt_weights=False (--prompt-weights off) and long_prompt='truncate'"
+            )
+        if options.prompt_weights is None and any(map(has_weights, (prompt, options.negative_prompt or ""))):
+            warnings.warn("SDXL: brackets and BREAK are read literally (no prompt weights)", stacklevel=4)
+        _warn_if_truncated(self.tokenizer, prompt)
+
     def encode_prompt(
         self, prompt, negative_prompt="", guidance=7.5, clip_skip=0, long_prompt="truncate", prompt_weights=None
     ):
-        """Prompt -> text embeddings (1, 77, D); with guidance > 1, [negative; prompt] (2, 77, D).
+        """Prompt -> text embeddings (1, 77, D); with guidance > 1, [negative; prompt] (2, 77, D)
+        (SD 1/2; SDXL's two encoders are `condition`'s). A negative prompt of None is "".
 
         clip_skip = k takes the prompt's vectors k layers before the last; like diffusers, not the
         negative prompt's. long_prompt="chunk" encodes a prompt of more than 75 tokens in chunks of
@@ -248,7 +303,7 @@ class Pipeline:
         reads it where a text has brackets or BREAK, False never. Weighted texts are chunked as
         AUTOMATIC1111 chunks them, whatever long_prompt says.
         """
-        texts = (negative_prompt, prompt)
+        texts = (negative_prompt or "", prompt)
         if prompt_weights or (prompt_weights is None and any(map(has_weights, texts))):
             pieces = [parse(text) for text in texts]
             count = max(len(weighted_chunks(self.tokenizer, text_pieces)[0]) for text_pieces in pieces)
@@ -275,9 +330,10 @@ class Pipeline:
             vectors = emphasize(vectors, weights)
         return vectors.reshape(1, -1, vectors.shape[-1])
 
-    def predict_noise(self, latents, t, context, guidance, extra=None):
+    def predict_noise(self, latents, t, context, guidance, extra=None, added=None):
         """The UNet's noise estimate for latents (N, 4, h, w), with classifier-free guidance when
-        the context has 2N rows (N negative, then N prompt).
+        the context has 2N rows (N negative, then N prompt); `added`: the UNet's added inputs, with
+        the context's rows (`condition`).
 
         The UNet runs in the backend's dtype; latents and noise stay float32 for the scheduler.
         """
@@ -285,8 +341,9 @@ class Pipeline:
         if extra is not None:  # an inpainting UNet also sees the mask and the masked picture: (N, 9, h, w)
             sample = self.backend.xp.concatenate([sample, extra.astype(sample.dtype)], axis=1)
         xp, guided = self.backend.xp, context.shape[0] != sample.shape[0]
+        added = {name: value.astype(sample.dtype, copy=False) for name, value in (added or {}).items()}
         with fast_paths(self.fast):
-            noise = self.unet(xp.concatenate([sample, sample]) if guided else sample, t, context)
+            noise = self.unet(xp.concatenate([sample, sample]) if guided else sample, t, context, **added)
         noise = noise.astype("float32", copy=False)
         if not guided:
             return noise

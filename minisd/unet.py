@@ -5,6 +5,12 @@ smallest size, up blocks grow it back, each taking the matching down-block outpu
 skip connection. ResNet blocks carry the timestep; spatial transformers let every latent pixel
 attend to the other pixels (self-attention) and to the prompt's tokens (cross-attention).
 Everything about the shape comes from unet/config.json (UNet2DConditionModel).
+
+Two later additions enter through the time embedding, which every ResNet block reads:
+SDXL's *added conditioning* (`addition_embed_type: "text_time"`): the pooled prompt vector and
+six "time ids" (original size, crop top-left, target size), each id embedded like a timestep,
+through an MLP of their own (`add_embedding`); and the guidance-scale embedding of LCM's
+distilled UNets (`time_cond_proj_dim`), projected and added before the time MLP.
 """
 
 import math
@@ -49,7 +55,9 @@ class UNetConfig(Config):
     dual_cross_attention: bool = False
     class_embed_type: str | None = None
     addition_embed_type: str | None = None
-    time_cond_proj_dim: int | None = None
+    time_cond_proj_dim: int | None = None  # LCM: the guidance scale w, embedded to this width
+    addition_time_embed_dim: int | None = None  # SDXL: the width each time id is embedded to (256)
+    projection_class_embeddings_input_dim: int | None = None  # SDXL: pooled text + 6 time ids (2816)
     time_embedding_type: str = "positional"
     resnet_time_scale_shift: str = "default"
     conv_in_kernel: int = 3
@@ -75,6 +83,10 @@ class UNetConfig(Config):
             must(key, len(per_block) in (0, blocks) and positive_integers(per_block), f">= 1, once or {blocks} times")
         for width, heads in zip(self.block_out_channels, self.heads):
             must("attention heads", width % heads == 0, f"a divisor of the block's {width} channels", heads)
+        if self.addition_embed_type == "text_time":
+            for key in ("addition_time_embed_dim", "projection_class_embeddings_input_dim"):
+                must(key, positive_integers([getattr(self, key) or 0]), 'an integer >= 1 with "text_time"')
+        must("time_cond_proj_dim", self.time_cond_proj_dim is None or self.time_cond_proj_dim >= 1, "null or >= 1")
         check_supported(self, source)
 
     @property
@@ -86,7 +98,7 @@ SUPPORTED_BLOCKS = {"CrossAttnDownBlock2D", "DownBlock2D", "CrossAttnUpBlock2D",
 
 
 def check_supported(config: UNetConfig, source="unet/config.json"):
-    """Raise if the config asks for a UNet feature that SD 1.x/2.x do not use."""
+    """Raise if the config asks for a UNet feature that SD 1.x/2.x, SDXL and LCM do not use."""
     defaults = UNetConfig()
     fixed = [
         "center_input_sample",
@@ -94,8 +106,6 @@ def check_supported(config: UNetConfig, source="unet/config.json"):
         "only_cross_attention",
         "dual_cross_attention",
         "class_embed_type",
-        "addition_embed_type",
-        "time_cond_proj_dim",
         "time_embedding_type",
         "resnet_time_scale_shift",
         "conv_in_kernel",
@@ -109,22 +119,30 @@ def check_supported(config: UNetConfig, source="unet/config.json"):
     changed = [f"{key}={getattr(config, key)!r}" for key in fixed if getattr(config, key) != getattr(defaults, key)]
     blocks = set(config.down_block_types) | set(config.up_block_types)
     changed += [f"block type {name!r}" for name in sorted(blocks - SUPPORTED_BLOCKS)]
+    if config.addition_embed_type not in (None, "text_time"):
+        changed.append(f"addition_embed_type={config.addition_embed_type!r} (SDXL's is 'text_time')")
     if changed:
         raise ConfigError(
             f"{source} asks for UNet features minisd does not implement "
-            f"(it covers Stable Diffusion 1.x and 2.x): {', '.join(changed)}"
+            f"(it covers Stable Diffusion 1.x, 2.x and XL): {', '.join(changed)}"
         )
 
 
 class UNet2DConditionModel(Module):
-    """(noisy latents (B, 4, h, w), timestep, text (B, 77, D)) -> predicted noise (B, 4, h, w)"""
+    """(noisy latents (B, 4, h, w), timestep, text (B, 77, D)) -> predicted noise (B, 4, h, w)
+
+    SDXL's UNet also takes `text_embeds` (B, 1280), the pooled prompt, and `time_ids` (B, 6);
+    an LCM UNet takes `timestep_cond` (B, time_cond_proj_dim), the embedded guidance scale.
+    """
 
     def __init__(self, config: UNetConfig):
         check_supported(config)
         self.config = config
         channels = config.block_out_channels
         temb_dim = 4 * channels[0]
-        self.time_embedding = TimestepEmbedding(channels[0], temb_dim)
+        self.time_embedding = TimestepEmbedding(channels[0], temb_dim, config.time_cond_proj_dim)
+        if config.addition_embed_type == "text_time":
+            self.add_embedding = TimestepEmbedding(config.projection_class_embeddings_input_dim, temb_dim)
         self.conv_in = Conv2d(config.in_channels, channels[0], 3, padding=1)
         self.down_blocks = make_down_blocks(config, temb_dim)
         self.mid_block = UNetMidBlock2DCrossAttn(config, temb_dim)
@@ -132,13 +150,10 @@ class UNet2DConditionModel(Module):
         self.conv_norm_out = GroupNorm(config.norm_num_groups, channels[0], config.norm_eps)
         self.conv_out = Conv2d(channels[0], config.out_channels, 3, padding=1)
 
-    def __call__(self, sample, timestep, encoder_hidden_states):
-        xp = array_module(sample)
-        timesteps = xp.broadcast_to(xp.asarray(timestep), (sample.shape[0],))
-        t_emb = timestep_embedding(
-            timesteps, self.config.block_out_channels[0], self.config.flip_sin_to_cos, self.config.freq_shift
-        )
-        emb = self.time_embedding(t_emb.astype(sample.dtype))  # (B, 4·C0)
+    def __call__(self, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None, timestep_cond=None):
+        emb = self.embed_time(sample, timestep, timestep_cond)  # (B, 4·C0)
+        if hasattr(self, "add_embedding"):
+            emb = emb + self.embed_added(text_embeds, time_ids).astype(emb.dtype)
 
         x = self.conv_in(sample)  # (B, C0, h, w)
         skips = [x]
@@ -151,6 +166,28 @@ class UNet2DConditionModel(Module):
             upsample_size = skips[-1].shape[2:] if skips else None
             x = block(x, block_skips, emb, encoder_hidden_states, upsample_size)
         return self.conv_out(silu_in_place(self.conv_norm_out(x)))  # (B, 4, h, w)
+
+    def embed_time(self, sample, timestep, timestep_cond=None):
+        """The timestep's sinusoidal embedding through the time MLP: (B, 4·C0)."""
+        if (timestep_cond is None) != (self.config.time_cond_proj_dim is None):
+            raise ValueError("timestep_cond (the embedded guidance scale) goes with a UNet with time_cond_proj_dim")
+        xp = array_module(sample)
+        timesteps = xp.broadcast_to(xp.asarray(timestep), (sample.shape[0],))
+        config = self.config
+        t_emb = timestep_embedding(timesteps, config.block_out_channels[0], config.flip_sin_to_cos, config.freq_shift)
+        return self.time_embedding(t_emb.astype(sample.dtype), timestep_cond)
+
+    def embed_added(self, text_embeds, time_ids):
+        """SDXL's added conditioning: [pooled text (B, P), each time id embedded (B, 6·256)] through
+        its MLP -> (B, 4·C0), added to the time embedding."""
+        if text_embeds is None or time_ids is None:
+            raise ValueError("an SDXL UNet (addition_embed_type 'text_time') needs text_embeds and time_ids")
+        xp, config = array_module(text_embeds), self.config
+        ids = time_ids.reshape(-1)  # (B·6,)
+        time_embeds = timestep_embedding(ids, config.addition_time_embed_dim, config.flip_sin_to_cos, config.freq_shift)
+        time_embeds = time_embeds.reshape(text_embeds.shape[0], -1)  # (B, 6·256)
+        added = xp.concatenate([text_embeds, time_embeds.astype(text_embeds.dtype)], axis=-1)  # (B, 2816)
+        return self.add_embedding(added)
 
 
 def timestep_embedding(timesteps, dim, flip_sin_to_cos=True, freq_shift=0):
@@ -168,14 +205,34 @@ def timestep_embedding(timesteps, dim, flip_sin_to_cos=True, freq_shift=0):
     return xp.concatenate([cos, sin] if flip_sin_to_cos else [sin, cos], axis=-1)
 
 
-class TimestepEmbedding(Module):
-    """Linear → SiLU → Linear on the sinusoidal embedding."""
+def guidance_embedding(w, dim):
+    """LCM's embedding of the guidance scale w (diffusers' get_guidance_scale_embedding): (B,) -> (B, dim).
 
-    def __init__(self, in_dim, out_dim):
+    The sinusoidal embedding of 1000·w, sines first, frequencies exp(-i·ln(10000)/(dim/2 - 1)),
+    computed in diffusers' order so that the large angles round alike.
+    """
+    xp = array_module(w)
+    half = dim // 2
+    step = xp.log(xp.float32(10000)) / xp.float32(half - 1)
+    frequencies = xp.exp(xp.arange(half, dtype="float32") * -step)
+    angles = (w.astype("float32") * xp.float32(1000))[:, None] * frequencies[None, :]  # (B, half)
+    embedding = xp.concatenate([xp.sin(angles), xp.cos(angles)], axis=1)
+    return xp.pad(embedding, ((0, 0), (0, dim % 2)))
+
+
+class TimestepEmbedding(Module):
+    """Linear → SiLU → Linear on the sinusoidal embedding; with `cond_dim`, a projected
+    condition (LCM's guidance embedding) is added to the input first."""
+
+    def __init__(self, in_dim, out_dim, cond_dim=None):
+        if cond_dim is not None:
+            self.cond_proj = Linear(cond_dim, in_dim, bias=False)
         self.linear_1 = Linear(in_dim, out_dim)
         self.linear_2 = Linear(out_dim, out_dim)
 
-    def __call__(self, x):
+    def __call__(self, x, condition=None):
+        if condition is not None:
+            x = x + self.cond_proj(condition.astype(x.dtype))
         return self.linear_2(ops.silu(self.linear_1(x)))
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy
 
-from .clip import CLIPTextConfig, CLIPTextModel
+from .clip import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 from .errors import WeightsError, read_json
 from .layers import Conv2d, Linear
 from .resources import shipped_folder
@@ -79,6 +79,7 @@ def _report(source, missing, unexpected, wrong_shape):
 # Per component: its folder, weight file stem, model class and config class, key renames, keys to ignore.
 TEXT_ENCODER_RENAMES = [(r"^(?!text_model\.)", "text_model.")]  # keys may lack the prefix
 TEXT_ENCODER_IGNORED = [r"text_model\.embeddings\.position_ids"]  # a buffer, not a weight
+PROJECTION_RENAMES = [(r"^(?!text_model\.|text_projection\.)", "text_model.")]  # SDXL's second encoder
 VAE_RENAMES = [  # diffusers < 0.14 names of the VAE attention layers
     (r"(attentions\.\d+)\.query\.", r"\1.to_q."),
     (r"(attentions\.\d+)\.key\.", r"\1.to_k."),
@@ -159,12 +160,13 @@ def load_component(folder, name, backend):
 
 COMPONENTS = {
     "text_encoder": (CLIPTextModel, CLIPTextConfig, "model", TEXT_ENCODER_RENAMES, TEXT_ENCODER_IGNORED),
+    "text_encoder_2": (CLIPTextModelWithProjection, CLIPTextConfig, "model", PROJECTION_RENAMES, TEXT_ENCODER_IGNORED),
     "unet": (UNet2DConditionModel, UNetConfig, "diffusion_pytorch_model", (), ()),
     "vae": (AutoencoderKL, VAEConfig, "diffusion_pytorch_model", VAE_RENAMES, ()),
 }
 
 
-def load_tokenizer(folder):
+def load_tokenizer(folder, name="tokenizer"):
     """The folder's own tokenizer/ (vocab + merges + pad token); the shipped CLIP vocabulary if absent."""
-    tokenizer_folder = Path(folder) / "tokenizer"
+    tokenizer_folder = Path(folder) / name
     return CLIPTokenizer.from_folder(tokenizer_folder) if tokenizer_folder.exists() else CLIPTokenizer.default()

@@ -16,6 +16,20 @@ REFERENCE_MISSING = "live parity needs the reference extra: pip install -e '.[re
 # SD 1.5's own scheduler/scheduler_config.json, as the model folder ships it
 SD15_SCHEDULER = json.loads((FIXTURES / "sd15_scheduler_config.json").read_text())
 
+# minisd's scheduler names -> the diffusers class each stands for (dpmpp_2m_karras: with Karras sigmas)
+DIFFUSERS_SCHEDULERS = {
+    "pndm": "PNDMScheduler",
+    "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "dpmpp_2m": "DPMSolverMultistepScheduler",
+    "dpmpp_2m_karras": "DPMSolverMultistepScheduler",
+    "lms": "LMSDiscreteScheduler",
+    "heun": "HeunDiscreteScheduler",
+    "lcm": "LCMScheduler",
+}
+
 
 def require_reference():
     """Import torch, diffusers and transformers, or skip the test saying how to install them."""

@@ -28,8 +28,8 @@ import numpy as np
 import pytest
 
 import minisd
+from helpers import DIFFUSERS_SCHEDULERS, assert_close, require_reference
 from helpers import SD15_SCHEDULER as SD15
-from helpers import assert_close, require_reference
 from minisd.cli import parse_args
 from minisd.schedulers import (
     SCHEDULERS,
@@ -45,15 +45,8 @@ SHAPE = (1, 4, 8, 8)
 SPACINGS = ("leading", "trailing", "linspace")
 PREDICTIONS = ("epsilon", "v_prediction")
 KARRAS = {"use_karras_sigmas": True}
-DIFFUSERS_CLASS = {
-    "euler": "EulerDiscreteScheduler",
-    "euler_a": "EulerAncestralDiscreteScheduler",
-    "dpmpp_2m": "DPMSolverMultistepScheduler",
-    "dpmpp_2m_karras": "DPMSolverMultistepScheduler",
-    "lms": "LMSDiscreteScheduler",
-    "heun": "HeunDiscreteScheduler",
-    "ddpm": "DDPMScheduler",
-}
+# the samplers this file compares (PNDM and DDIM: test_schedulers.py; LCM: test_lcm.py)
+DIFFUSERS_CLASS = {name: cls for name, cls in DIFFUSERS_SCHEDULERS.items() if name not in ("pndm", "ddim", "lcm")}
 SAMPLERS = list(DIFFUSERS_CLASS)
 # every sampler, and the Karras variants that a config switches on
 CASES = [(name, {}) for name in SAMPLERS] + [(name, KARRAS) for name in ("euler", "lms", "heun")]

@@ -12,6 +12,7 @@ diffusers namesake to float32 rounding and is built from a checkpoint's schedule
     euler.py        Euler, Euler ancestral, Heun
     lms.py          linear multistep
     dpm_solver.py   DPM-Solver++(2M), plain or on Karras sigmas
+    lcm.py          LCM: latent consistency models' 2-8 step sampling
 
 `SCHEDULERS` names them all (the API's and the command line's `scheduler=`).
 """
@@ -20,6 +21,7 @@ from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
 from .dpm_solver import DPMSolverKarrasScheduler, DPMSolverMultistepScheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
+from .lcm import LCMScheduler
 from .lms import LMSDiscreteScheduler
 from .pndm import PNDMScheduler
 from .schedule import Scheduler
@@ -34,6 +36,7 @@ SCHEDULERS = {
     "dpmpp_2m_karras": DPMSolverKarrasScheduler,
     "lms": LMSDiscreteScheduler,
     "heun": HeunDiscreteScheduler,
+    "lcm": LCMScheduler,
 }
 
 __all__ = [
