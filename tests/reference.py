@@ -233,9 +233,7 @@ TINY_SDXL_UNET = dict(
 TINY_SDXL_VAE = {**TINY_VAE, "scaling_factor": 0.13025, "force_upcast": True}
 
 
-def build_sdxl_models(
-    text=TINY_SDXL_TEXT, text_2=TINY_SDXL_TEXT_2, unet=TINY_SDXL_UNET, vae=TINY_SDXL_VAE, seed=0
-):
+def build_sdxl_models(text=TINY_SDXL_TEXT, text_2=TINY_SDXL_TEXT_2, unet=TINY_SDXL_UNET, vae=TINY_SDXL_VAE, seed=0):
     """{name: torch module} of an SDXL pipeline, random weights."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection

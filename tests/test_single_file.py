@@ -1,6 +1,6 @@
 """Single-file checkpoints (original CompVis / Stability layout) against the diffusers folder.
 
-Random SD1- and SD2-shaped models are saved as a diffusers folder, then written as one
+Random SD1-, SD2- and SDXL-shaped models are saved as a diffusers folder, then written as one
 .safetensors in the original key layout by `to_original` below (the inverse of the original ->
 diffusers conversion, written here independently of minisd). diffusers' own
 `from_single_file` loads that file back to the folder's weights, which proves the test file is
@@ -20,10 +20,18 @@ from minisd.weights import WeightsError
 
 pytestmark = pytest.mark.reference
 require_reference()  # skips the module, saying why, without torch/diffusers/transformers
-from reference import SD21_SCHEDULER, TINY_VAE, build_models, save_model_folder  # noqa: E402
+from reference import (  # noqa: E402
+    SD21_SCHEDULER,
+    SDXL_SCHEDULER,
+    TINY_VAE,
+    build_models,
+    build_sdxl_models,
+    save_model_folder,
+    save_sdxl_folder,
+)
 
 # Small models that keep SD's conventions (detection relies on them): 2 ResNets per level,
-# 8 heads (SD 1) or 64-wide heads (SD 2), 64-wide text heads, 4 latent channels.
+# 8 heads (SD 1) or 64-wide heads (SD 2, XL), 64-wide text heads, 4 latent channels.
 SMALL_UNET = dict(
     sample_size=8,
     block_out_channels=(64, 128),
@@ -59,6 +67,40 @@ FAMILIES = {
         unet={**SMALL_UNET, "cross_attention_dim": 64, "attention_head_dim": (1, 2), "use_linear_projection": True},
         scheduler=SD21_SCHEDULER,
     ),
+    "sdxl": dict(  # two text encoders (64 + 128 wide), 1 and 2 transformer layers, added conditioning
+        text=dict(
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=3,
+            num_attention_heads=1,
+            hidden_act="quick_gelu",
+            vocab_size=49408,
+            max_position_embeddings=77,
+        ),
+        text_2=dict(  # wider than the first: diffusers tells the two encoders of a file apart by width
+            hidden_size=128,
+            intermediate_size=160,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            hidden_act="gelu",
+            vocab_size=49408,
+            max_position_embeddings=77,
+            projection_dim=128,
+        ),
+        unet={
+            **SMALL_UNET,
+            "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+            "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+            "cross_attention_dim": 64 + 128,
+            "attention_head_dim": (1, 2),
+            "use_linear_projection": True,
+            "transformer_layers_per_block": (1, 2),
+            "addition_embed_type": "text_time",
+            "addition_time_embed_dim": 8,
+            "projection_class_embeddings_input_dim": 6 * 8 + 128,
+        },
+        scheduler=SDXL_SCHEDULER,
+    ),
 }
 VAE = {
     **TINY_VAE,
@@ -67,6 +109,7 @@ VAE = {
     "down_block_types": ("DownEncoderBlock2D",) * 2,
     "up_block_types": ("UpDecoderBlock2D",) * 2,
 }
+SDXL_VAE = {**VAE, "scaling_factor": 0.13025, "force_upcast": True}
 
 
 # ---- diffusers names -> original names, written out -------------------------------------------
@@ -89,8 +132,9 @@ def unet_key(key, attention_levels, levels):
     fixed = {"conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
     if head in fixed:
         return ".".join([fixed[head], *rest])
-    if head == "time_embedding":
-        return ".".join(["time_embed", {"linear_1": "0", "linear_2": "2"}[rest[0]], *rest[1:]])
+    if head in ("time_embedding", "add_embedding"):  # SDXL's added conditioning: label_emb.0
+        name = "time_embed" if head == "time_embedding" else "label_emb.0"
+        return ".".join([name, {"linear_1": "0", "linear_2": "2"}[rest[0]], *rest[1:]])
     if head == "mid_block":
         index = {("resnets", "0"): 0, ("attentions", "0"): 1, ("resnets", "1"): 2}[(rest[0], rest[1])]
         return ".".join(["middle_block", str(index), *resnet_inner(rest[0], rest[2:])])
@@ -130,10 +174,13 @@ def vae_key(key, levels):
     return key
 
 
-def openclip_text(state, width):
-    """transformers CLIPTextModel (SD 2 style) -> OpenCLIP keys: fused in_proj, one extra last block."""
+def openclip_text(state, width, prefix="cond_stage_model.model.", extra_block=True):
+    """transformers CLIPTextModel(WithProjection) -> OpenCLIP keys: fused in_proj, the projection
+    as x @ P; SD 2 also gets one extra last block (its model stops a layer before OpenCLIP's)."""
+    state = {key.removeprefix("text_model."): value for key, value in state.items()}  # WithProjection nests it
+    projection = state.pop("text_projection.weight").T if "text_projection.weight" in state else np.eye(width)
     out = {
-        "cond_stage_model.model.text_projection": np.eye(width, dtype=np.float32),
+        "cond_stage_model.model.text_projection": np.ascontiguousarray(projection, np.float32),  # save_file: no views
         "cond_stage_model.model.logit_scale": np.array(4.6, dtype=np.float32),
     }
     names = {
@@ -163,14 +210,15 @@ def openclip_text(state, width):
                     out[f"cond_stage_model.model.transformer.resblocks.{i}.attn.in_proj_{kind}"] = fused
                 continue
             out[f"cond_stage_model.model.transformer.resblocks.{i}.{inner}"] = value
-    for key in [k for k in out if f"resblocks.{layers - 1}." in k]:  # OpenCLIP's last block, unused by SD 2
+    for key in [k for k in out if f"resblocks.{layers - 1}." in k and extra_block]:  # OpenCLIP's last, unused
         out[key.replace(f"resblocks.{layers - 1}.", f"resblocks.{layers}.")] = out[key] * 0.5
-    return out
+    return {key.replace("cond_stage_model.model.", prefix): value for key, value in out.items()}
 
 
 def to_original(models, family, config):
-    """The three diffusers models -> one {original key: array} checkpoint."""
-    text_encoder, unet, vae = ({k: v.detach().numpy() for k, v in m.state_dict().items()} for m in models)
+    """The diffusers models ({name: module}) -> one {original key: array} checkpoint."""
+    states = {name: {k: v.detach().numpy() for k, v in m.state_dict().items()} for name, m in models.items()}
+    text_encoder, unet, vae = states["text_encoder"], states["unet"], states["vae"]
     levels = len(config["unet"]["block_out_channels"])
     attention = {i for i, t in enumerate(config["unet"]["down_block_types"]) if t.startswith("CrossAttn")}
     out = {f"model.diffusion_model.{unet_key(k, attention, levels)}": v for k, v in unet.items()}
@@ -179,8 +227,12 @@ def to_original(models, family, config):
         out[f"first_stage_model.{vae_key(key, len(VAE['block_out_channels']))}"] = value
     if family == "sd1":
         out.update({f"cond_stage_model.transformer.text_model.{k}": v for k, v in text_encoder.items()})
-    else:
+    elif family == "sd2":
         out.update(openclip_text(text_encoder, config["text"]["hidden_size"]))
+    else:
+        out.update({f"conditioner.embedders.0.transformer.text_model.{k}": v for k, v in text_encoder.items()})
+        width = config["text_2"]["hidden_size"]
+        out.update(openclip_text(states["text_encoder_2"], width, "conditioner.embedders.1.model.", False))
     out["alphas_cumprod"] = np.linspace(1, 0, 1000, dtype=np.float32)  # a training buffer, ignored
     return out
 
@@ -191,9 +243,13 @@ def checkpoint(request, tmp_path_factory):
     from safetensors.numpy import save_file
 
     family, config = request.param, FAMILIES[request.param]
-    models = build_models(config["text"], config["unet"], VAE, seed=50)
     tmp = tmp_path_factory.mktemp(family)
-    folder = save_model_folder(tmp / "folder", *models, scheduler=config["scheduler"])
+    if family == "sdxl":
+        models = build_sdxl_models(config["text"], config["text_2"], config["unet"], SDXL_VAE, seed=50)
+        folder = save_sdxl_folder(tmp / "folder", models, scheduler=config["scheduler"])
+    else:
+        models = dict(zip(("text_encoder", "unet", "vae"), build_models(config["text"], config["unet"], VAE, seed=50)))
+        folder = save_model_folder(tmp / "folder", *models.values(), scheduler=config["scheduler"])
     if family == "sd2":
         (folder / "tokenizer" / "special_tokens_map.json").write_text(json.dumps({"pad_token": "!"}))
     file = tmp / f"{family}.safetensors"
@@ -204,12 +260,14 @@ def checkpoint(request, tmp_path_factory):
 def test_diffusers_reads_the_test_file_as_the_folder(checkpoint):
     """The test's original-layout file is right: diffusers' from_single_file gets the folder's weights."""
     import torch
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     family, folder, file = checkpoint
-    folder_pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
-    file_pipe = StableDiffusionPipeline.from_single_file(file, config=str(folder), local_files_only=True)
-    for name in ("unet", "vae", "text_encoder"):
+    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    extra = {} if family == "sdxl" else {"safety_checker": None}
+    folder_pipe = cls.from_pretrained(folder, **extra)
+    file_pipe = cls.from_single_file(file, config=str(folder), local_files_only=True)
+    for name in ("unet", "vae", "text_encoder") + (("text_encoder_2",) if family == "sdxl" else ()):
         theirs = getattr(folder_pipe, name).state_dict()
         ours = getattr(file_pipe, name).state_dict()
         assert set(theirs) <= set(ours), sorted(set(theirs) - set(ours))[:5]
@@ -221,11 +279,18 @@ def slots(module):
     return {key: np.asarray(value) for key, _, _, value in module.named_slots()}
 
 
+def components(pipe):
+    """{name: module} of a Pipeline, SDXL's second text encoder included."""
+    found = {name: getattr(pipe, name) for name in ("text_encoder", "unet", "vae")}
+    return found | ({"text_encoder_2": pipe.sdxl.text_encoders[1]} if pipe.sdxl else {})
+
+
 def test_single_file_equals_the_folder(checkpoint):
     family, folder, file = checkpoint
     from_folder, from_file = minisd.load(folder), minisd.load(file, config={"image_size": 64})
-    for name in ("text_encoder", "unet", "vae"):
-        want, got = slots(getattr(from_folder, name)), slots(getattr(from_file, name))
+    assert set(components(from_file)) == set(components(from_folder))
+    for name, module in components(from_folder).items():
+        want, got = slots(module), slots(components(from_file)[name])
         assert set(got) == set(want)
         for key in want:
             np.testing.assert_array_equal(got[key].reshape(want[key].shape), want[key], err_msg=f"{name} {key}")
@@ -249,10 +314,16 @@ def test_single_file_gives_the_folders_picture(checkpoint, scheduler):
 def test_detection_and_overrides(checkpoint):
     family, _, file = checkpoint
     pipe = minisd.load(file)
-    assert pipe.unet.config.use_linear_projection == (family == "sd2")
+    assert pipe.unet.config.use_linear_projection == (family != "sd1")
     assert pipe.unet.config.block_out_channels == (64, 128)
     assert pipe.text_encoder.config.hidden_act == ("gelu" if family == "sd2" else "quick_gelu")
-    assert pipe.default_size == (768 if family == "sd2" else 512)  # SD 2's usual v-model is 768
+    assert pipe.default_size == {"sd1": 512, "sd2": 768, "sdxl": 1024}[family]  # SD 2's usual v-model is 768
+    assert bool(pipe.sdxl) == (family == "sdxl") and pipe.vae.config.scaling_factor == (
+        0.13025 if family == "sdxl" else 0.18215
+    )
+    if family == "sdxl":
+        assert pipe.unet.config.transformer_layers_per_block == (1, 2)
+        assert pipe.unet.config.addition_time_embed_dim == 8 and pipe.sdxl.text_encoders[1].config.projection_dim == 128
     epsilon = minisd.load(file, config={"prediction_type": "epsilon", "image_size": 512})
     assert epsilon.scheduler_config["prediction_type"] == "epsilon" and epsilon.default_size == 512
 
@@ -285,7 +356,7 @@ def test_bad_files_and_overrides(checkpoint, tmp_path):
     _, folder, file = checkpoint
     other = tmp_path / "other.safetensors"
     save_file({"some.weight": np.zeros(2, np.float32)}, str(other))
-    with pytest.raises(WeightsError, match="not a Stable Diffusion 1.x/2.x checkpoint"):
+    with pytest.raises(WeightsError, match="not a Stable Diffusion 1.x/2.x/XL checkpoint"):
         minisd.load(other)
     with pytest.raises(ValueError, match="unknown single-file config key 'sampler'"):
         minisd.load(file, config={"sampler": "ddim"})
