@@ -1,9 +1,10 @@
 """Benchmark minisd against PyTorch (diffusers / transformers) on the same random SD 1.5 weights.
 
     python -m minisd.bench [--backend numpy|cupy] [--dtype float32|float16] [--repeat 3]
-                           [--cases unet32,unet64,text,vae256,vae512,generate] [--memory]
+                           [--cases unet32,unet64,text,vae256,vae512,generate,sdxl128]
+                           [--memory [generate,tiled1024,sdxl1024]]
 
-Every model has the SD 1.5 architecture with random weights. When torch and diffusers are
+Every model has the SD 1.5 architecture (SDXL's for the sdxl cases) with random weights. When torch and diffusers are
 importable, the same weights run there in the same process, alternating with minisd call by
 call (so a drift of the machine hits both alike): on the CPU in float32 with the same thread
 count, on the GPU in float16 with PyTorch's scaled-dot-product attention. Each line prints the
@@ -11,29 +12,29 @@ median time, minisd / torch, and the achieved GFLOP/s (FLOPs counted as direct c
 and plain attention, so Winograd's savings show as a higher rate), against the measured
 matrix-product peak in the dtype it runs (float32 on the CPU; on the GPU float16, the tensor
 cores'). --memory runs, each in a fresh process, a whole 20-step 512x512 generation and a
-tiled 1024x1024 VAE decode, and prints their peak RSS (first, while this process is still small).
+tiled 1024x1024 VAE decode (or the cases named: sdxl1024 is a whole 1024x1024 SDXL image with
+float16 weights), and prints their peak RSS (first, while this process is still small).
 
 Cases: unet32 / unet64 = one UNet step with guidance (batch 2, 32x32 or 64x64 latents),
 text = the text encoder on a prompt and a negative prompt (2 x 77 tokens), vae256 / vae512 =
 the VAE decoder to a 256x256 or 512x512 image, generate = a whole 50-step 512x512 image with
-guidance (minisd's Pipeline against diffusers' StableDiffusionPipeline).
+guidance (minisd's Pipeline against diffusers' StableDiffusionPipeline), sdxl128 = one SDXL
+UNet step with guidance at a 128x128 latent (1024x1024), with its pooled text and time ids;
+there the torch UNet is built on minisd's arrays themselves (10 GB in float32, not twice).
 """
 
 import argparse
-import json
 import os
 import platform
-import resource
-import subprocess
-import sys
 import time
 
 import numpy
 
 from . import cuda, ops, random_model
 from .backend import Backend
+from .bench_memory import MEMORY_CASES, peak_rss, run_memory
 from .pipeline import Pipeline
-from .presets import SD1
+from .presets import PRESETS, SD1
 from .roofline import attention_flops, count_flops
 from .tokenizer import CLIPTokenizer
 
@@ -74,33 +75,44 @@ def make_cases(names, backend, reference):
     """The cases asked for (see the module docstring), sharing one model of each kind."""
     models = {}
 
-    def model(kind):
+    def model(kind, preset="sd1"):
         """(minisd module, torch module or None), built once."""
-        if kind not in models:
-            models[kind] = build(kind, backend, reference)
-        return models[kind]
+        if (kind, preset) not in models:
+            models[kind, preset] = build(kind, backend, reference, preset)
+        return models[kind, preset]
 
-    makers = {"unet": unet_case, "text": text_case, "vae": vae_case, "generate": generate_case}
+    makers = {"unet": unet_case, "sdxl": unet_case, "text": text_case, "vae": vae_case, "generate": generate_case}
     cases = []
     for name in names:
         kind = name.rstrip("0123456789")
-        if kind not in makers or (kind in ("unet", "vae")) != (kind != name):
-            raise ValueError(f"unknown case {name!r}: choose from unetN, text, vaeN, generate (e.g. unet64, vae512)")
+        if kind not in makers or (kind in ("unet", "sdxl", "vae")) != (kind != name):
+            raise ValueError(
+                f"unknown case {name!r}: choose from unetN, sdxlN, text, vaeN, generate (e.g. unet64, sdxl128, vae512)"
+            )
         cases.append(makers[kind](name, model, backend, reference))
     return cases
 
 
 def unet_case(name, model, backend, reference):
-    size = int(name.removeprefix("unet"))
-    ours, theirs = model("unet")
+    """unetN: SD 1.5's UNet; sdxlN: SDXL's, with the pooled text and time ids it adds."""
+    preset = "sdxl" if name.startswith("sdxl") else "sd1"
+    size = int(name.removeprefix(preset.replace("sd1", "unet")))
+    ours, theirs = model("unet", preset)
     rng = numpy.random.default_rng(1)
     sample = rng.standard_normal((2, 4, size, size), dtype=numpy.float32)
-    context = rng.standard_normal((2, 77, 768), dtype=numpy.float32)
+    context = rng.standard_normal((2, 77, PRESETS[preset]["unet"]["cross_attention_dim"]), dtype=numpy.float32)
+    added = {}
+    if preset == "sdxl":
+        added["text_embeds"] = rng.standard_normal((2, 1280), dtype=numpy.float32)
+        added["time_ids"] = numpy.array([[8 * size, 8 * size, 0, 0, 8 * size, 8 * size]] * 2, numpy.float32)
     x, c = backend.asarray(sample), backend.asarray(context)
-    case = Case(f"UNet step with guidance, batch 2, {size}x{size} latent", lambda: ours(x, 981, c))
+    extra = {key: backend.asarray(value) for key, value in added.items()}
+    title = f"{'SDXL ' if added else ''}UNet step with guidance, batch 2, {size}x{size} latent"
+    case = Case(title, lambda: ours(x, 981, c, **extra))
     if theirs is not None:
         xt, ct = reference.inputs(sample, context)
-        case.theirs = lambda: reference.run(theirs, xt, 981, ct)
+        extra_t = dict(zip(added, reference.inputs(*added.values())))
+        case.theirs = lambda: reference.run(theirs, xt, 981, ct, **({"added_cond_kwargs": extra_t} if added else {}))
     return case
 
 
@@ -142,10 +154,10 @@ def generate_case(name, model, backend, reference):
     return case
 
 
-def build(kind, backend, reference):
-    """(minisd module, torch module or None) of SD 1.5's `kind` with the same random weights."""
-    module, weights = random_model.build(kind, backend)
-    return module, (reference.module(kind, weights) if reference else None)
+def build(kind, backend, reference, preset="sd1"):
+    """(minisd module, torch module or None) of the preset's `kind` with the same random weights."""
+    module, weights = random_model.build(kind, backend, PRESETS[preset])
+    return module, (reference.module(kind, weights, PRESETS[preset]) if reference else None)
 
 
 class Reference:
@@ -158,29 +170,33 @@ class Reference:
         self.device, self.dtype = ("cuda", torch.float16) if backend.name == "cupy" else ("cpu", torch.float32)
         self.name = f"torch {torch.__version__} ({self.device}, {str(self.dtype).removeprefix('torch.')})"
 
-    def module(self, kind, weights):
+    def module(self, kind, weights, preset=SD1):
+        """The torch module of `kind` holding `weights`: on the CPU in float32 the very same
+        arrays (built on the meta device, then given them), else copies in the device's dtype."""
         from diffusers import AutoencoderKL as TorchVAE
         from diffusers import UNet2DConditionModel as TorchUNet
         from transformers import CLIPTextConfig as TorchTextConfig
         from transformers import CLIPTextModel as TorchText
 
-        if kind == "unet":
-            module = TorchUNet(**SD1["unet"])
-        elif kind == "vae":
-            module = TorchVAE(**SD1["vae"])
-        else:
-            module = TorchText(TorchTextConfig(**SD1["text_encoder"], projection_dim=768))
-            weights = {key.removeprefix("text_model."): value for key, value in weights.items()}  # transformers 5: flat
-        module.load_state_dict({key: self.torch.from_numpy(value) for key, value in weights.items()})
+        shared = self.dtype == self.torch.float32 and kind != "text"  # the text encoder has buffers: build it
+        with self.torch.device("meta" if shared else "cpu"):
+            if kind == "unet":
+                module = TorchUNet(**preset["unet"])
+            elif kind == "vae":
+                module = TorchVAE(**preset["vae"])
+            else:
+                module = TorchText(TorchTextConfig(**{"projection_dim": 768, **preset["text_encoder"]}))
+                weights = {key.removeprefix("text_model."): value for key, value in weights.items()}  # transformers 5
+        module.load_state_dict({key: self.torch.from_numpy(value) for key, value in weights.items()}, assign=shared)
         return (
             module.to(self.device).eval()
             if self.dtype == self.torch.float32
             else module.to(self.device, self.dtype).eval()
         )
 
-    def run(self, module, *args):
+    def run(self, module, *args, **kwargs):
         with self.torch.no_grad():
-            return module(*args)
+            return module(*args, **kwargs)
 
     def inputs(self, *arrays):
         return [self.torch.from_numpy(a).to(self.device, self.dtype) for a in arrays]
@@ -332,68 +348,6 @@ def bench_attention(backend, head_dim, tokens=4096, width=320, repeat=10):
     return text
 
 
-# ---------------------------------------------------------------- memory, each in a fresh process
-
-
-MEMORY_CASES = {
-    "generate": "whole 512x512 image, 20 steps with guidance (text encoder, UNet, VAE)",
-    "tiled1024": "VAE decode to 1024x1024 with tiling",
-}
-
-
-def measure_memory(name, backend):
-    """Run one memory case in this (fresh) process; print {"seconds", "peak_rss_gb"} as JSON."""
-    if name == "generate":
-        pipe = Pipeline(
-            CLIPTokenizer.default(),
-            build("text", backend, None)[0],
-            build("unet", backend, None)[0],
-            build("vae", backend, None)[0],
-            SD1["scheduler"],
-            backend,
-        )
-        start = time.perf_counter()
-        pipe("a photograph of an astronaut riding a horse", steps=20, height=512, width=512, progress=False)
-    else:
-        vae = build("vae", backend, None)[0]
-        start = time.perf_counter()
-        vae.decode(
-            backend.asarray(numpy.random.default_rng(3).standard_normal((1, 4, 128, 128), dtype="float32")), tiled=True
-        )
-    print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss_gb": peak_rss() / 1e9}))
-
-
-def peak_rss():
-    """This process's peak resident memory in bytes. Linux's VmHWM starts afresh at exec; the
-    rusage maximum does not (a child forked from a large process inherits its peak)."""
-    try:
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
-
-
-def run_memory(backend):
-    print(f"peak RSS, each case in a fresh process ({backend}, random SD 1.5 weights):")
-    for name, title in MEMORY_CASES.items():
-        command = [
-            sys.executable,
-            "-m",
-            "minisd.bench",
-            "--backend",
-            backend.name,
-            "--dtype",
-            backend.dtype.name,
-            "--weights-dtype",
-            backend.weights_dtype.name,
-            "--memory-case",
-            name,
-        ]
-        run = subprocess.run(command, capture_output=True, text=True, check=True)
-        report = json.loads(run.stdout.strip().splitlines()[-1])
-        print(f"  {title:70s} {report['peak_rss_gb']:5.2f} GB  ({report['seconds']:.1f} s)", flush=True)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
@@ -411,19 +365,21 @@ def main(argv=None):
     )
     parser.add_argument(
         "--memory",
-        action="store_true",
-        help="also measure peak RSS of a whole generation and a tiled 1024x1024 decode, in fresh processes",
+        nargs="?",
+        const="generate,tiled1024",
+        help="also measure peak RSS, each in a fresh process: a whole generation and a tiled 1024x1024 decode "
+        f"(default), or the cases named: {','.join(MEMORY_CASES)}",
     )
-    parser.add_argument("--memory-case", choices=sorted(MEMORY_CASES), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     backend = Backend(
         args.backend, args.dtype or ("float16" if args.backend == "cupy" else "float32"), args.weights_dtype
     )
-    if args.memory_case:
-        return measure_memory(args.memory_case, backend)
     args.cases = args.cases or ",".join(GPU_CASES if args.backend == "cupy" else CPU_CASES)
     if args.memory:  # first, while this process is small
-        run_memory(backend)
+        unknown = set(args.memory.split(",")) - set(MEMORY_CASES)
+        if unknown:
+            parser.error(f"unknown memory case {', '.join(sorted(unknown))}: choose from {', '.join(MEMORY_CASES)}")
+        run_memory(backend, args.memory.split(","))
     run_benchmarks(args, backend)
 
 

@@ -41,6 +41,7 @@ FIGURES = {
     },
     "08_guidance": {"08_guidance": (1200, 540)},
     "09_img2img": {"09_img2img": (1200, 360)},
+    "10_sdxl": {"10_sdxl_sizes": (1300, 400), "10_sdxl_conditioning": (1300, 400)},
 }
 
 
@@ -265,3 +266,22 @@ def test_img2img_moves_away_from_the_input_as_strength_grows(chapter, pipe):
     distances = [rms(pixels(output), pixels(source)) for output in outputs]
     np.testing.assert_allclose(facts["distances"], distances, atol=1e-4)
     assert distances[-1] > distances[0]
+
+
+def test_sdxl_chapter_counts_as_diffusers_and_conditions_as_sdxl(chapter):
+    """Parameter counts as diffusers' and transformers' own models count them (num_parameters()
+    of UNet2DConditionModel / CLIPTextModel(WithProjection) / AutoencoderKL built from the same
+    configs: SD 1.5's UNet 859,520,964, SDXL's 2,567,463,684); the time ids of a 1024x1024
+    request are diffusers' defaults (h, w, 0, 0, h, w); only the crop changes the embedding."""
+    facts = chapter("10_sdxl")
+    assert facts["parameters"]["SD 1.5"] == {"text encoder": 123060480, "UNet": 859520964, "VAE": 83653863}
+    assert facts["parameters"]["SDXL"] == {
+        "text encoder": 123060480,
+        "text encoder 2": 694659840,
+        "UNet": 2567463684,
+        "VAE": 83653863,
+    }
+    assert facts["transformer_depths"] == {"SD 1.5": [1, 1, 1, 0], "SDXL": [0, 2, 10]}
+    assert facts["context_shape"] == [1, 77, facts["first_width"] + 128]  # the two encoders side by side
+    assert facts["time_ids"] == [1024, 1024, 0, 0, 1024, 1024]
+    assert facts["changes"][0] == 0 and all(change > 0.01 for change in facts["changes"][1:])
