@@ -1,4 +1,8 @@
-"""Command line: minisd "a prompt" -o out.png [options]  (also python -m minisd)."""
+"""Command line: minisd "a prompt" -o out.png [options]  (also python -m minisd).
+
+`minisd explore [options]` starts the explorer instead (minisd/explore/); a prompt that is just
+the word explore is written `minisd -- explore`.
+"""
 
 import argparse
 import os
@@ -119,7 +123,10 @@ def parse_size(text):
 
 
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["explore"]:
+        return explore(argv[1:])
+    args = parse_args(argv)
     outputs = output_paths(Path(args.output), args.num_images)
     try:
         if args.mask and not args.init_image:
@@ -144,6 +151,16 @@ def main(argv=None):
         image.save(output, pnginfo=png_text(args, options, pipe, image, index))
         print(f"wrote {output}")
     return 0
+
+
+def explore(argv):
+    """minisd explore: the explorer's web server (it needs the explore extra: starlette, uvicorn)."""
+    try:
+        from .explore.server import main as serve
+    except ImportError as error:
+        print(f"minisd explore: error: {error}; install it with pip install 'minisd[explore]'", file=sys.stderr)
+        return 2
+    return serve(argv)
 
 
 def output_paths(output, count):
