@@ -217,6 +217,7 @@ BAD_RUNS = {
     "size too large": ({"prompt": "a", "height": 1024}, 400, "height must be one of"),
     "unknown scheduler": ({"prompt": "a", "scheduler": "fast"}, 400, "scheduler must be one of pndm"),
     "scheduler this model cannot run": ({"prompt": "a", "scheduler": "lms"}, 400, "rescale_betas_zero_snr"),
+    "too few steps for PNDM": ({"prompt": "a", "scheduler": "pndm", "steps": 3}, 400, "needs at least 4 steps"),
     "unknown field": ({"prompt": "a", "weights": "/etc/passwd"}, 400, "unknown field(s) weights"),
     "strength zero": (
         {"prompt": "a", "image": data_url(png_bytes()), "strength": 0},

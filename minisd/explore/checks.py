@@ -62,7 +62,8 @@ def run_request(body, pipe):
             raise BadRequest("strength must be in (0, 1]: 0 would leave the picture as it is; try 0.6")
     try:
         options = pipe.options(**given)
-        make_scheduler(options.scheduler, pipe.scheduler_config)  # a scheduler this model cannot run says so now
+        # a scheduler this model (or this many steps) cannot run says so now, not in the middle of the run
+        make_scheduler(options.scheduler, pipe.scheduler_config).set_timesteps(options.steps)
     except ValueError as error:
         raise BadRequest(str(error)) from None
     return prompt(body), options

@@ -177,7 +177,16 @@ def parse_args(argv):
     parser.add_argument("--port", type=int, default=8765, help="port (default: 8765; 0 picks a free one)")
     parser.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    parser.add_argument(
+        "--queue", type=at_least_one, default=32, help="runs that may wait for their turn (default: 32)"
+    )
     return parser.parse_args(argv)
+
+
+def at_least_one(text):
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return int(text)
 
 
 def main(argv=None):
@@ -190,6 +199,6 @@ def main(argv=None):
         return 2
     host, port = listener.getsockname()[:2]
     print(f"minisd explorer: http://{host}:{port}/  (model {pipe.name}; Ctrl+C stops it)", flush=True)
-    server = uvicorn.Server(uvicorn.Config(make_app(pipe), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(make_app(pipe, args.queue), log_level="warning"))
     server.run(sockets=[listener])
     return 0

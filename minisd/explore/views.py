@@ -89,9 +89,11 @@ def guidance_pictures(pipe, scheduler, step, sample, output, guided):
 
 
 def attention_pictures(pipe, prompt, attention):
-    """Each token's (h, w) cross-attention map, on one colour scale shared by the tokens."""
+    """Each token's (h, w) cross-attention map, on one colour scale shared by the tokens: up to the
+    largest weight a word of the prompt gets (the start and end tokens, which soak up most of the
+    attention, saturate on it)."""
     maps = token_maps(pipe.tokenizer, prompt, host(pipe, attention))
-    top = max(float(heat.max()) for _, heat in maps)
+    top = max(float(heat.max()) for _, heat in maps[1:-1] or maps)
     return {
         "scale": top,
         "tokens": [
