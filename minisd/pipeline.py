@@ -297,16 +297,10 @@ class Pipeline:
         """Latents (1, 4, h, w) -> PIL image, through the VAE decoder; with vae_tiling, latents
         larger than the model's size are decoded in blended tiles of that size (AutoencoderKL.decode):
         a 1024x1024 image from SD 1.5 then needs the memory of a 512x512 one."""
-        return self.decode_each(latents[:1], vae_tiling)[0]
-
-    def decode_each(self, latents, vae_tiling=False):
-        """Latents (N, 4, h, w) -> N PIL images, through one call of the VAE decoder (the explorer
-        decodes a step's latents and its x̂₀ so)."""
         latents = self.vae_backend.asarray(latents / self.vae.config.scaling_factor)
         with fast_paths(self.fast):
-            images = self.vae.decode(latents, tiled=vae_tiling)  # (N, 3, H, W) in [-1, 1]
-        images = self.vae_backend.to_host(images).astype(numpy.float32)
-        return [to_pil(images[i : i + 1]) for i in range(len(images))]
+            images = self.vae.decode(latents, tiled=vae_tiling)  # (1, 3, H, W) in [-1, 1]
+        return to_pil(self.vae_backend.to_host(images).astype(numpy.float32))
 
     def load_lora(self, path, scale=1.0):
         """LoRA (lora.py): the file's low-rank update, times `scale`, fused into the UNet and the text

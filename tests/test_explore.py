@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import re
+import socket
 import threading
 import time
 
@@ -19,7 +20,9 @@ import pytest
 from PIL import Image
 
 import minisd
+from minisd import cli
 from minisd.explore import checks
+from minisd.explore import server as server_main
 from minisd.explore.server import STATIC, make_app, running
 from minisd.explore.views import run_events
 from minisd.schedulers import make_scheduler
@@ -106,11 +109,11 @@ def test_step_pictures_are_the_pipelines(pipe):
     tokens = events[0]["tokens"]
     assert [token["id"] for token in tokens] == list(pipe.tokenizer.encode(PROMPT)[0][: len(tokens)])
     for event, step in zip(events[1:], pipe.denoise(PROMPT, **given)):
-        assert np.abs(decode_png(event["latents"]) - np.asarray(pipe.decode(step.latents), dtype=int)).max() <= 1
+        np.testing.assert_array_equal(decode_png(event["latents"]), np.asarray(pipe.decode(step.latents)))
         assert set(event["guidance"]) >= {"without", "with", "difference", "guided"}
         assert len(event["attention"]["tokens"]) == 9
-    final = np.asarray(pipe(PROMPT, progress=False, **given), dtype=int)
-    assert np.abs(decode_png(events[-1]["latents"]) - final).max() <= 1  # one VAE call for two pictures: rounding
+    final = np.asarray(pipe(PROMPT, progress=False, **given))
+    np.testing.assert_array_equal(decode_png(events[-1]["latents"]), final)
     assert events[1]["timestep"] > events[-1]["timestep"] and events[1]["noise_level"] > events[-1]["noise_level"]
 
 
@@ -194,8 +197,8 @@ def test_image_to_image_run_is_pipe_img2img(server, pipe):
     steps = [event for event in events if event["type"] == "step"]
     assert len(steps) == 2  # int(4 * 0.5) steps of the schedule
     picture = Image.new("RGB", (64, 64), (200, 30, 30))
-    expected = np.asarray(pipe.img2img(PROMPT, picture, 0.5, steps=4, seed=1, progress=False), dtype=int)
-    assert np.abs(decode_png(steps[-1]["latents"]) - expected).max() <= 1
+    expected = np.asarray(pipe.img2img(PROMPT, picture, 0.5, steps=4, seed=1, progress=False))
+    np.testing.assert_array_equal(decode_png(steps[-1]["latents"]), expected)
 
 
 BAD_RUNS = {
@@ -333,3 +336,20 @@ def test_checks_refuse_what_the_page_cannot_send(pipe):
     )
     with pytest.raises(checks.BadRequest, match="guidance must be a number"):
         checks.run_request({"prompt": "a", "guidance": float("nan")}, pipe)
+
+
+def test_minisd_explore_is_the_explorers_command_line(capsys):
+    """`minisd explore` reaches the explorer's own options; it listens on this machine only by default."""
+    with pytest.raises(SystemExit):
+        cli.main(["explore", "--help"])
+    assert "--weights" in capsys.readouterr().out
+    assert server_main.parse_args([]).host == "127.0.0.1"
+    assert cli.main(["explore", "--weights", "no/such/model"]) == 2
+    assert "minisd explore: error: " in capsys.readouterr().err
+
+
+def test_a_port_in_use_is_an_error_not_a_traceback(capsys):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        assert server_main.main(["--port", port]) == 2
+    assert "minisd explore: error: " in capsys.readouterr().err

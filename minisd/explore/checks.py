@@ -13,6 +13,7 @@ import math
 
 from PIL import Image
 
+from ..pipeline import sized
 from ..schedulers import SCHEDULERS, make_scheduler
 
 MAX_BODY_BYTES = 8 * 2**20  # a request, the picture in base64 included
@@ -66,6 +67,8 @@ def run_request(body, pipe):
         make_scheduler(options.scheduler, pipe.scheduler_config).set_timesteps(options.steps)
     except ValueError as error:
         raise BadRequest(str(error)) from None
+    if options.image is not None:
+        options.image = sized(options.image, options)  # a waiting run keeps the picture at the run's size only
     return prompt(body), options
 
 

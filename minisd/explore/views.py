@@ -51,15 +51,14 @@ def step_event(pipe, prompt, scheduler, step, call):
     sample = call.sample[-count:]  # x_t, (1, 4, h, w)
     x0, noise = clean_and_noise(scheduler, step.index, step.count, sample, step.noise_pred)
     a = float(alpha_bar(scheduler, step.index, step.count))
-    decoded, decoded_x0 = pipe.decode_each(pipe.backend.xp.concatenate([step.latents, x0]))  # one VAE call
     event = {
         "type": "step",
         "index": step.index,
         "count": step.count,
         "timestep": float(step.timestep),
         "noise_level": (1 - a) ** 0.5,  # √(1 − ᾱ): the share of noise in the latents the UNet saw
-        "latents": picture(decoded),
-        "x0": picture(decoded_x0),
+        "latents": picture(pipe.decode(step.latents)),
+        "x0": picture(pipe.decode(x0)),
         "noise": picture(channels(host(pipe, noise))),
         "channels": picture(channels(host(pipe, step.latents))),
         "attention": attention_pictures(pipe, prompt, call.attention[-1]),
