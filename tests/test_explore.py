@@ -20,12 +20,13 @@ import pytest
 from PIL import Image
 
 import minisd
+from helpers import TINY_SD
 from minisd import cli
 from minisd.explore import checks
 from minisd.explore import server as server_main
 from minisd.explore.server import STATIC, make_app, running
 from minisd.explore.views import run_events
-from minisd.schedulers import make_scheduler
+from minisd.schedulers import SCHEDULERS, make_scheduler
 from minisd.watch import clean_and_noise, token_maps, watch_unet
 
 PROMPT = "a red circle on a white background"
@@ -256,6 +257,8 @@ BAD_REQUESTS = {
     "run body not an object": ("POST", "/api/run", b"[1, 2]", 400, "must be a JSON object"),
     "run body too large": ("POST", "/api/run", b" " * (8 * 2**20 + 1), 413, "over 8 MB"),
     "run body not UTF-8": ("POST", "/api/run", b"\xff\xfe{", 400, "must be JSON"),
+    "run body nested too deep": ("POST", "/api/run", b"[" * 100_000, 400, "must be JSON"),
+    "run body with a 5000-digit number": ("POST", "/api/run", b'{"seed": ' + b"9" * 5000 + b"}", 400, "must be JSON"),
     "tokens without prompt": ("POST", "/api/tokens", b"{}", 400, "prompt is missing"),
     "tokens prompt too long": ("POST", "/api/tokens", json.dumps({"prompt": "a" * 501}).encode(), 400, "at most 500"),
     "run by GET": ("GET", "/api/run", None, 405, "Method Not Allowed"),
@@ -353,3 +356,25 @@ def test_a_port_in_use_is_an_error_not_a_traceback(capsys):
         port = str(taken.getsockname()[1])
         assert server_main.main(["--port", port]) == 2
     assert "minisd explore: error: " in capsys.readouterr().err
+
+
+def test_an_sd15_configured_model_shows_the_same_views_with_every_scheduler():
+    """tests/fixtures/tiny-sd is configured as SD 1.5 (ε-prediction, PNDM, guidance 7.5): x̂₀ is
+    (x_t − √(1−ᾱ) ε) / √ᾱ, and every scheduler's run has every view, its noise level falling."""
+    tiny = minisd.load(TINY_SD)
+    scheduler, steps = watched_steps(tiny, steps=3)
+    assert scheduler.config.prediction_type == "epsilon" and type(scheduler).__name__ == "PNDMScheduler"
+    for step, call in steps:
+        a = scheduler.alphas_cumprod[int(step.timestep)]
+        x_t = call.sample[-1:]
+        x0, noise = clean_and_noise(scheduler, step.index, step.count, x_t, step.noise_pred)
+        np.testing.assert_allclose(x0, (x_t - np.sqrt(1 - a) * step.noise_pred) / np.sqrt(a), rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(noise, step.noise_pred)
+    for name in SCHEDULERS:
+        prompt, options = checks.run_request({"prompt": PROMPT, "steps": 2, "scheduler": name}, tiny)
+        events = list(run_events(tiny, prompt, options))[1:]
+        assert len(events) == 2 * options.steps - 1 if name == "heun" else options.steps
+        for event in events:
+            assert set(event) >= {"latents", "x0", "noise", "channels", "guidance", "attention", "noise_level"}
+        levels = [event["noise_level"] for event in events]
+        assert levels == sorted(levels, reverse=True) and 0 < levels[-1] < levels[0] <= 1, (name, levels)

@@ -107,7 +107,7 @@ async def read_json(request):
             raise BadRequest(f"the request is over {checks.MAX_BODY_BYTES // 2**20} MB", 413)
     try:
         value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not JSON (or not UTF-8), or nested past Python's recursion limit
         raise BadRequest('the request body must be JSON, e.g. {"prompt": "a red circle"}') from None
     if not isinstance(value, dict):
         raise BadRequest(f"the request body must be a JSON object, not a {type(value).__name__}")

@@ -132,6 +132,9 @@ async function run(panel) {
   if (panel.controller) panel.controller.abort();
   const controller = new AbortController();
   Object.assign(panel, { controller, steps: [], follow: true, started: performance.now(), firstStep: null });
+  panel.root.querySelector(".without-caption").textContent = panel.form.negative_prompt.value
+    ? `ε with the negative prompt "${panel.form.negative_prompt.value}"`
+    : "ε without the prompt (the empty prompt)";
   setRunning(panel, true);
   setStatus(panel, "starting…");
   try {
