@@ -160,9 +160,12 @@ def test_model_endpoint(server, pipe):
 
 
 def test_tokens_endpoint(server, pipe):
-    tokens = httpx.post(f"{server}/api/tokens", json={"prompt": "a red circle"}).json()["tokens"]
-    assert [t["piece"] for t in tokens] == ["<start>", "a</w>", "red</w>", "circle</w>", "<end>"]
-    assert [t["id"] for t in tokens] == list(pipe.tokenizer.encode("a red circle")[0][:5])
+    answer = httpx.post(f"{server}/api/tokens", json={"prompt": "a red circle"}).json()
+    assert [t["piece"] for t in answer["tokens"]] == ["<start>", "a</w>", "red</w>", "circle</w>", "<end>"]
+    assert [t["id"] for t in answer["tokens"]] == list(pipe.tokenizer.encode("a red circle")[0][:5])
+    assert answer["cut"] is None
+    long = httpx.post(f"{server}/api/tokens", json={"prompt": "red " * 80}).json()
+    assert len(long["tokens"]) == 77 and long["cut"] == "red red red red red"  # 75 fit between start and end
 
 
 def test_a_run_streams_every_view(server):

@@ -2,7 +2,7 @@
 
     GET  /              the page (static/index.html; its script and style under /static/)
     GET  /api/model     the model: its name, defaults, schedulers, sizes and the request limits
-    POST /api/tokens    {"prompt"} -> the prompt's BPE pieces and ids
+    POST /api/tokens    {"prompt"} -> the prompt's BPE pieces and ids, and what is cut off past 75
     POST /api/run       {"prompt", "seed", "steps", ...} -> text/event-stream: "queued", "prompt",
                         one "step" per denoising step, then "done" (or "error")
 
@@ -52,7 +52,7 @@ def make_app(pipe, max_waiting=32):
 
     async def tokens(request):
         prompt = checks.prompt(await read_json(request))
-        return JSONResponse({"tokens": prompt_tokens(pipe.tokenizer, prompt)})
+        return JSONResponse(prompt_tokens(pipe.tokenizer, prompt))
 
     async def run(request):
         prompt, options = checks.run_request(await read_json(request), pipe)

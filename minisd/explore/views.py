@@ -29,17 +29,19 @@ def run_events(pipe, prompt, options):
 
 
 def prompt_tokens(tokenizer, prompt):
-    """The 77 positions the text encoder reads, up to the end token: [{"piece", "id"}]."""
+    """The positions the text encoder reads, up to the end token ({"piece", "id"} each), and the
+    words cut off past 75 tokens (None when nothing is)."""
     pieces = ["<start>", *tokenizer.tokenize(prompt)[: tokenizer.max_length - 2], "<end>"]
     ids = tokenizer.encode(prompt)[0]  # (77,): start, pieces, end, padding
-    return [{"piece": piece, "id": int(token)} for piece, token in zip(pieces, ids)]
+    tokens = [{"piece": piece, "id": int(token)} for piece, token in zip(pieces, ids)]
+    return {"tokens": tokens, "cut": tokenizer.truncated_words(prompt)}
 
 
 def prompt_event(pipe, prompt):
     text = host(pipe, pipe.encode_prompt(prompt, guidance=1, prompt_weights=False))[0]  # (77, D)
     return {
         "type": "prompt",
-        "tokens": prompt_tokens(pipe.tokenizer, prompt),
+        **prompt_tokens(pipe.tokenizer, prompt),
         "embeddings": picture(diverging(text)),
         "shape": list(text.shape),
     }

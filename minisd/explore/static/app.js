@@ -110,10 +110,11 @@ async function showTokens(panel) {
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify({ prompt: panel.form.prompt.value }),
   });
-  if (response.ok) showTokenList(panel, (await response.json()).tokens);
+  if (response.ok) showTokenList(panel, await response.json());
 }
 
-function showTokenList(panel, tokens) {
+function showTokenList(panel, { tokens, cut }) {
+  panel.root.querySelector(".cut").textContent = cut ? `Past 75 tokens the text encoder reads nothing: "${cut}" is cut off.` : "";
   const list = panel.root.querySelector(".tokens");
   list.replaceChildren(
     ...tokens.map(({ piece, id }) => {
@@ -197,7 +198,7 @@ function handle(panel, event) {
 }
 
 function showPrompt(panel, event) {
-  showTokenList(panel, event.tokens);
+  showTokenList(panel, event);
   panel.root.querySelector(".embeddings").src = event.embeddings;
   panel.root.querySelector(".embeddings-caption").textContent =
     `the text encoder's output: ${event.shape[0]} vectors of ${event.shape[1]} numbers (one row each)`;
