@@ -146,6 +146,7 @@ def run_events_over_http(server, body, timeout=60):
 def test_page_and_its_files_are_served_and_need_no_network(server):
     page = httpx.get(f"{server}/")
     assert page.status_code == 200 and "/static/app.js" in page.text and "/static/style.css" in page.text
+    assert page.headers["content-security-policy"].startswith("default-src 'self'")  # the browser loads nothing else
     for name in ("app.js", "style.css", "index.html"):
         response = httpx.get(f"{server}/static/{name}")
         assert response.status_code == 200 and response.text == (STATIC / name).read_text()
@@ -303,6 +304,22 @@ def test_a_client_that_leaves_cancels_its_run(server, app):
     assert time.monotonic() - started < 10
     status, events = run_events_over_http(server, {"prompt": PROMPT, "steps": 2})
     assert status == 200 and events[-1]["type"] == "done"
+
+
+def test_a_client_that_leaves_the_line_frees_its_place(server, app):
+    """A waiting run whose client goes away leaves the queue at once, not when its turn comes."""
+    runner = app.state.runner
+    first = threading.Thread(target=run_events_over_http, args=(server, {"prompt": PROMPT, "steps": 40}))
+    first.start()
+    wait_until(lambda: runner.running is not None)
+    with httpx.stream("POST", f"{server}/api/run", json={"prompt": PROMPT, "steps": 2}, timeout=60) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                assert json.loads(line[6:]) == {"type": "queued", "position": 1}
+                break
+    wait_until(lambda: not runner.waiting, timeout=5)
+    assert runner.running is not None  # the first run still computing
+    first.join(120)
 
 
 def test_runs_wait_in_line_with_their_position_and_a_full_line_is_refused(server, app):

@@ -11,6 +11,7 @@ import os
 import shutil
 
 import pytest
+from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -132,6 +133,17 @@ def test_two_runs_side_by_side(page):
     find(page, "#compare").click()
 
 
+def test_image_to_image_from_an_uploaded_picture(page, tmp_path):
+    Image.new("RGB", (80, 80), (30, 60, 220)).save(tmp_path / "blue.png")
+    type_into(find(page, "#run-a input[name=steps]"), "10")
+    type_into(find(page, "#run-a input[name=strength]"), "0.5")
+    find(page, "#run-a input[name=image]").send_keys(str(tmp_path / "blue.png"))
+    find(page, "#run-a .run").click()
+    wait_for_status(page, "a", "done")
+    assert shown(page, "a")["label"].startswith("5 of 5")  # strength 0.5 runs the last half of 10 steps
+    page.execute_script("document.querySelector('#run-a input[name=image]').value = ''")
+
+
 def test_cancel_and_a_refused_input(page):
     type_into(find(page, "#run-a input[name=steps]"), "100")
     find(page, "#run-a .run").click()
@@ -141,3 +153,5 @@ def test_cancel_and_a_refused_input(page):
     type_into(find(page, "#run-a input[name=steps]"), "0")
     find(page, "#run-a .run").click()
     wait_for_status(page, "a", "refused: steps must be an integer from 1 to 100")
+    errors = [entry for entry in page.get_log("browser") if entry["source"] != "network"]  # 4xx are logged too
+    assert not errors, errors

@@ -34,7 +34,12 @@ class Run:
 
     def put(self, event):
         """Hand `event` to the client's stream (from the worker thread); Cancelled if the client is gone."""
-        delivery = asyncio.run_coroutine_threadsafe(self.events.put(event), self.loop)
+        put = self.events.put(event)
+        try:
+            delivery = asyncio.run_coroutine_threadsafe(put, self.loop)
+        except RuntimeError:  # the server stopped: its event loop is closed
+            put.close()
+            raise Cancelled from None
         while True:
             if self.cancelled.is_set():
                 delivery.cancel()
@@ -51,6 +56,7 @@ class Runner:
         self.max_waiting = max_waiting
         self.waiting = collections.deque()
         self.running = None
+        self.closed = False
         self.changed = threading.Condition()
         threading.Thread(target=self.work, name="minisd-explore", daemon=True).start()
 
@@ -75,11 +81,23 @@ class Runner:
             if run in self.waiting:
                 self.waiting.remove(run)
 
+    def close(self):
+        """Cancel every run and let the worker end (the server is stopping)."""
+        with self.changed:
+            self.closed = True
+            for run in [*self.waiting, self.running]:
+                if run is not None:
+                    run.cancelled.set()
+            self.waiting.clear()
+            self.changed.notify()
+
     def work(self):
         while True:
             with self.changed:
-                while not self.waiting:
+                while not self.waiting and not self.closed:
                     self.changed.wait()
+                if self.closed:
+                    return
                 self.running = self.waiting.popleft()
             try:
                 self.compute(self.running)

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import traceback
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import uvicorn
@@ -38,6 +38,8 @@ from .runner import FINAL, Run, Runner
 from .views import prompt_tokens
 
 STATIC = Path(__file__).resolve().parent / "static"
+# the page loads nothing from elsewhere, and no other site may frame it
+PAGE_POLICY = "default-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 
 
 def make_app(pipe, max_waiting=32):
@@ -45,7 +47,7 @@ def make_app(pipe, max_waiting=32):
     runner = Runner(pipe, max_waiting)
 
     async def page(request):
-        return FileResponse(STATIC / "index.html")
+        return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_POLICY})
 
     async def model(request):
         return JSONResponse(model_info(pipe, max_waiting))
@@ -59,7 +61,7 @@ def make_app(pipe, max_waiting=32):
         job = Run(prompt, options, asyncio.get_running_loop())
         runner.submit(job)
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(stream(runner, job), media_type="text/event-stream", headers=headers)
+        return StreamingResponse(stream(request, runner, job), media_type="text/event-stream", headers=headers)
 
     routes = [
         Route("/", page),
@@ -69,7 +71,13 @@ def make_app(pipe, max_waiting=32):
         Mount("/static", StaticFiles(directory=STATIC)),
     ]
     handlers = {BadRequest: refused, HTTPException: http_error, Exception: failed}
-    app = Starlette(routes=routes, exception_handlers=handlers)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        runner.close()  # the server stops: so do the runs
+
+    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
     app.state.runner = runner
     return app
 
@@ -114,15 +122,18 @@ async def read_json(request):
     return value
 
 
-async def stream(runner, run):
+async def stream(request, runner, run):
     """The run's events as server-sent events: its place in the queue while it waits, then its
-    steps as they come. Leaving (the client closes the stream) cancels the run."""
+    steps as they come. Leaving (the client closes the stream) cancels the run: noticed within a
+    quarter of a second while the run waits or computes a step, or when an event cannot be sent."""
     try:
         shown = None
         while True:
             try:
                 event = await asyncio.wait_for(run.events.get(), timeout=0.25)
             except asyncio.TimeoutError:
+                if await request.is_disconnected():  # asked here too: servers of ASGI spec 2.4 only tell on a send
+                    return
                 position = runner.position(run)
                 if position is not None and position != shown:
                     shown = position
