@@ -341,11 +341,13 @@ def test_runs_wait_in_line_with_their_position_and_a_full_line_is_refused(server
     assert refused.status_code == 429 and "runs are waiting already" in refused.json()["error"]
     for thread in [first, *waiting]:
         thread.join(120)
+    assert results[0][0] == 200 and results[0][1][-1]["type"] == "done", results[0]
     for name in (1, 2, 3):
         status, events = results[name]
         assert status == 200 and events[-1]["type"] == "done"
         positions = [event["position"] for event in events if event["type"] == "queued"]
-        assert positions[0] == name and positions == sorted(positions, reverse=True)  # runs ahead of it
+        assert positions and positions[0] == name, events  # runs ahead of it
+        assert positions == sorted(positions, reverse=True)
 
 
 def test_checks_refuse_what_the_page_cannot_send(pipe):

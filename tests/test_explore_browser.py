@@ -74,7 +74,7 @@ def shown(browser, panel):
         "latents": find(browser, f"{root} .view-latents").get_attribute("src"),
         "x0": find(browser, f"{root} .view-x0").get_attribute("src"),
         "attention": [
-            img.get_attribute("src") for img in browser.find_elements(By.CSS_SELECTOR, f"{root} .attention img")
+            img.get_attribute("src") for img in browser.find_elements(By.CSS_SELECTOR, f"{root} .attention img.map")
         ],
         "loaded": loaded,
     }
@@ -115,6 +115,8 @@ def test_type_run_and_scrub(page):
     screenshot = os.environ.get("MINISD_EXPLORER_SCREENSHOT")
     if screenshot:
         scrub.send_keys(Keys.END)
+        # the status's seconds depend on the machine's load at the time: the timing script measures them
+        page.execute_script("document.querySelector('#run-a .status').textContent = 'done'")
         page.save_screenshot(screenshot)
 
 

@@ -46,7 +46,7 @@ def run_request(body, pipe):
     unknown = sorted(set(body) - set(FIELDS))
     if unknown:
         raise BadRequest(f"unknown field(s) {', '.join(unknown)}: a run takes {', '.join(FIELDS)}")
-    allowed_sizes = sizes(pipe)
+    text_prompt, allowed_sizes = prompt(body), sizes(pipe)
     given = dict(
         negative_prompt=text(body, "negative_prompt", ""),
         seed=integer(body, "seed", 0, MAX_SEED, 0),
@@ -69,7 +69,7 @@ def run_request(body, pipe):
         raise BadRequest(str(error)) from None
     if options.image is not None:
         options.image = sized(options.image, options)  # a waiting run keeps the picture at the run's size only
-    return prompt(body), options
+    return text_prompt, options
 
 
 def prompt(body):

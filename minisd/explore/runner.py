@@ -16,7 +16,7 @@ import traceback
 from .checks import BadRequest
 from .views import run_events
 
-FINAL = ("done", "error", "cancelled")  # the event types that end a run's stream
+FINAL = ("done", "error")  # the event types that end a run's stream
 
 
 class Cancelled(Exception):

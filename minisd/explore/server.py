@@ -60,8 +60,9 @@ def make_app(pipe, max_waiting=32):
         prompt, options = checks.run_request(await read_json(request), pipe)
         job = Run(prompt, options, asyncio.get_running_loop())
         runner.submit(job)
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(stream(request, runner, job), media_type="text/event-stream", headers=headers)
+        return StreamingResponse(
+            stream(request, runner, job), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
 
     routes = [
         Route("/", page),
@@ -173,10 +174,16 @@ def running(app, host="127.0.0.1", port=0):
     while not server.started and thread.is_alive():
         time.sleep(0.01)
     try:
-        yield "http://{}:{}".format(*listener.getsockname()[:2])
+        yield address(listener)
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def address(listener):
+    """The URL of a listening socket: http://127.0.0.1:8765, http://[::1]:8765."""
+    host, port = listener.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def parse_args(argv):
@@ -208,8 +215,7 @@ def main(argv=None):
     except (WeightsError, ValueError, FileNotFoundError, ImportError, OSError) as error:
         print(f"minisd explore: error: {error}", file=sys.stderr)
         return 2
-    host, port = listener.getsockname()[:2]
-    print(f"minisd explorer: http://{host}:{port}/  (model {pipe.name}; Ctrl+C stops it)", flush=True)
+    print(f"minisd explorer: {address(listener)}/  (model {pipe.name}; Ctrl+C stops it)", flush=True)
     server = uvicorn.Server(uvicorn.Config(make_app(pipe, args.queue), log_level="warning"))
     server.run(sockets=[listener])
     return 0

@@ -228,8 +228,9 @@ function showStep(panel, index) {
   root.querySelector(".attention").replaceChildren(
     ...step.attention.tokens.map(({ token, share, map }) => {
       const figure = document.createElement("figure");
-      figure.innerHTML = "<img alt='attention map'><figcaption></figcaption>";
-      figure.firstChild.src = map;
+      figure.innerHTML = "<div class=stack><img class=under alt=''><img class=map alt='attention map'></div><figcaption></figcaption>";
+      figure.querySelector(".under").src = step.x0; // the map over the picture this step predicts
+      figure.querySelector(".map").src = map;
       figure.lastChild.textContent = `${token} ${(100 * share).toFixed(1)}%`;
       return figure;
     }),
