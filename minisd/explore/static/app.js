@@ -136,6 +136,7 @@ async function run(panel) {
   panel.root.querySelector(".without-caption").textContent = panel.form.negative_prompt.value
     ? `ε with the negative prompt "${panel.form.negative_prompt.value}"`
     : "ε without the prompt (the empty prompt)";
+  Object.assign(panel.root.querySelector(".scrub"), { max: 0, value: 0, disabled: true }); // until the first step
   setRunning(panel, true);
   setStatus(panel, "starting…");
   try {
