@@ -153,6 +153,13 @@ def test_page_and_its_files_are_served_and_need_no_network(server):
         assert not re.search(r"(https?:)?//[\w.-]+\.\w+/", response.text), f"{name} fetches from the network"
 
 
+def test_requests_for_another_host_name_are_refused(server):
+    """A page whose name was made to point at 127.0.0.1 (DNS rebinding) cannot use the explorer."""
+    response = httpx.get(f"{server}/api/model", headers={"Host": "attacker.example"})
+    assert response.status_code == 400 and "Invalid host header" in response.text
+    assert httpx.get(f"{server.replace('127.0.0.1', 'localhost')}/api/model").status_code == 200
+
+
 def test_model_endpoint(server, pipe):
     model = httpx.get(f"{server}/api/model").json()
     assert model["name"] == "minisd-shapes"

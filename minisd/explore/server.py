@@ -25,6 +25,8 @@ from pathlib import Path
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -38,12 +40,15 @@ from .runner import FINAL, Run, Runner
 from .views import prompt_tokens
 
 STATIC = Path(__file__).resolve().parent / "static"
+LOCAL_NAMES = ("127.0.0.1", "localhost")  # how this machine's browser addresses a server on 127.0.0.1
 # the page loads nothing from elsewhere, and no other site may frame it
 PAGE_POLICY = "default-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 
 
-def make_app(pipe, max_waiting=32):
-    """The explorer's ASGI app for a loaded Pipeline."""
+def make_app(pipe, max_waiting=32, hosts=LOCAL_NAMES):
+    """The explorer's ASGI app for a loaded Pipeline. It answers requests addressed to `hosts` only
+    (None: any), so that a web page whose name is made to point at 127.0.0.1 (DNS rebinding) cannot
+    use a local explorer."""
     runner = Runner(pipe, max_waiting)
 
     async def page(request):
@@ -78,7 +83,8 @@ def make_app(pipe, max_waiting=32):
         yield
         runner.close()  # the server stops: so do the runs
 
-    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+    checked_hosts = [Middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))] if hosts else []
+    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan, middleware=checked_hosts)
     app.state.runner = runner
     return app
 
@@ -216,6 +222,7 @@ def main(argv=None):
         print(f"minisd explore: error: {error}", file=sys.stderr)
         return 2
     print(f"minisd explorer: {address(listener)}/  (model {pipe.name}; Ctrl+C stops it)", flush=True)
-    server = uvicorn.Server(uvicorn.Config(make_app(pipe, args.queue), log_level="warning"))
+    hosts = LOCAL_NAMES if args.host == "127.0.0.1" else None  # --host: addressed by whatever name it has
+    server = uvicorn.Server(uvicorn.Config(make_app(pipe, args.queue, hosts), log_level="warning"))
     server.run(sockets=[listener])
     return 0
