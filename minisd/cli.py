@@ -13,6 +13,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from . import load
+from .explore import main as explore
 from .schedulers import SCHEDULERS
 from .weights import WeightsError, default_model_folder
 
@@ -124,7 +125,7 @@ def parse_size(text):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["explore"]:
+    if argv[:1] == ["explore"]:  # the explorer's web server (minisd/explore/)
         return explore(argv[1:])
     args = parse_args(argv)
     outputs = output_paths(Path(args.output), args.num_images)
@@ -151,16 +152,6 @@ def main(argv=None):
         image.save(output, pnginfo=png_text(args, options, pipe, image, index))
         print(f"wrote {output}")
     return 0
-
-
-def explore(argv):
-    """minisd explore: the explorer's web server (it needs the explore extra: starlette, uvicorn)."""
-    try:
-        from .explore.server import main as serve
-    except ImportError as error:
-        print(f"minisd explore: error: {error}; install it with pip install 'minisd[explore]'", file=sys.stderr)
-        return 2
-    return serve(argv)
 
 
 def output_paths(output, count):

@@ -11,6 +11,7 @@ import io
 import json
 import re
 import socket
+import sys
 import threading
 import time
 
@@ -296,6 +297,12 @@ def first_step_then_leave(server, body):
                 return
 
 
+def computing(runner, steps):
+    """Whether the runner computes a run of `steps` steps (not the end of an earlier test's run)."""
+    run = runner.running
+    return run is not None and run.options.steps == steps
+
+
 def wait_until(condition, timeout=20):
     end = time.monotonic() + timeout
     while not condition():
@@ -318,14 +325,14 @@ def test_a_client_that_leaves_the_line_frees_its_place(server, app):
     runner = app.state.runner
     first = threading.Thread(target=run_events_over_http, args=(server, {"prompt": PROMPT, "steps": 40}))
     first.start()
-    wait_until(lambda: runner.running is not None)
+    wait_until(lambda: computing(runner, steps=40))
     with httpx.stream("POST", f"{server}/api/run", json={"prompt": PROMPT, "steps": 2}, timeout=60) as response:
         for line in response.iter_lines():
             if line.startswith("data: "):
                 assert json.loads(line[6:]) == {"type": "queued", "position": 1}
                 break
     wait_until(lambda: not runner.waiting, timeout=5)
-    assert runner.running is not None  # the first run still computing
+    assert computing(runner, steps=40)  # the first run still computing
     first.join(120)
 
 
@@ -339,7 +346,7 @@ def test_runs_wait_in_line_with_their_position_and_a_full_line_is_refused(server
 
     first = threading.Thread(target=client, args=(0, 60))
     first.start()
-    wait_until(lambda: runner.running is not None)
+    wait_until(lambda: computing(runner, steps=60))
     waiting = [threading.Thread(target=client, args=(name, 2)) for name in (1, 2, 3)]
     for count, thread in enumerate(waiting, 1):
         thread.start()
@@ -407,3 +414,9 @@ def test_an_sd15_configured_model_shows_the_same_views_with_every_scheduler():
             assert set(event) >= {"latents", "x0", "noise", "channels", "guidance", "attention", "noise_level"}
         levels = [event["noise_level"] for event in events]
         assert levels == sorted(levels, reverse=True) and 0 < levels[-1] < levels[0] <= 1, (name, levels)
+
+
+def test_without_the_explore_extra_the_command_says_what_to_install(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "minisd.explore.server", None)  # as if starlette were not installed
+    assert cli.main(["explore"]) == 2
+    assert "pip install 'minisd[explore]'" in capsys.readouterr().err
