@@ -104,14 +104,19 @@ def decode_png(data_url):
 
 
 def test_step_pictures_are_the_pipelines(pipe):
-    """Each step's picture is pipe.decode of pipe.denoise's latents; the last is pipe.generate's image."""
+    """Each step's picture is pipe.decode of pipe.denoise's latents, its x̂₀ the decode of the sampler's own
+    denoised estimate; the last picture is pipe.generate's image."""
     given = dict(steps=4, seed=7, guidance=3.0, scheduler="euler_a")
     events = list(run_events(pipe, PROMPT, pipe.options(prompt_weights=False, **given)))
     assert [event["type"] for event in events] == ["prompt"] + ["step"] * 4
     tokens = events[0]["tokens"]
     assert [token["id"] for token in tokens] == list(pipe.tokenizer.encode(PROMPT)[0][: len(tokens)])
-    for event, step in zip(events[1:], pipe.denoise(PROMPT, **given)):
+    scheduler, steps = watched_steps(pipe, **given)
+    for event, (step, call) in zip(events[1:], steps):
         np.testing.assert_array_equal(decode_png(event["latents"]), np.asarray(pipe.decode(step.latents)))
+        sigma = scheduler.sigmas[step.index]  # x̂₀ by Euler a's own denoiser, from x = x_t √(σ²+1)
+        x0 = scheduler._denoised(step.noise_pred, call.sample[-1:] * np.sqrt(sigma * sigma + 1), sigma)
+        assert np.abs(decode_png(event["x0"]) - np.asarray(pipe.decode(x0), dtype=int)).max() <= 1  # float rounding
         assert set(event["guidance"]) >= {"without", "with", "difference", "guided"}
         assert len(event["attention"]["tokens"]) == 9
     final = np.asarray(pipe(PROMPT, progress=False, **given))
