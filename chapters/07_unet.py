@@ -30,8 +30,8 @@ from matplotlib.patches import FancyArrowPatch, Rectangle
 
 import common
 from minisd.module import forward_hooks
-from minisd.nn import attention_weights
 from minisd.unet import timestep_embedding
+from minisd.watch import token_maps, watch_unet
 
 args = common.options("Chapter 7: the UNet's layers and shapes, the time embedding, text, cross-attention")
 pipe = common.load_model(args)
@@ -201,36 +201,15 @@ fig.suptitle("The same starting noise, denoised without and with the text")
 common.save_figure(fig, args, "07_without_and_with_text")
 
 # %%
-# 5. Cross-attention maps: where each word of the prompt is looked at
-maps = []
-
-
-def record_cross_attention(key, module, inputs, output):
-    """For every cross-attention layer (attn2): the attention weights of the prompt's row."""
-    if key.endswith("attn2"):
-        pixels_in, text_in = inputs  # (B, h·w, C) one token per latent pixel, (B, 77, D) the text
-        weights = attention_weights(module.to_q(pixels_in), module.to_k(text_in), module.heads)  # (B, heads, h·w, 77)
-        maps.append(common.host(pipe, weights[-1].mean(axis=0)))  # last row = the prompt; heads averaged: (h·w, 77)
-
-
-with forward_hooks(unet, record_cross_attention):
-    *_, last = pipe.denoise(prompt, steps=steps, seed=0)  # every step runs; the hook records each
+# 5. Cross-attention maps: where each word of the prompt is looked at. `minisd.watch.watch_unet` records
+# every UNet call, with each latent pixel's attention weights over the 77 text vectors (the softmax of
+# its query against their keys, minisd.nn.attention_weights), averaged over the attention layers and heads.
+calls = []
+with watch_unet(unet, calls.append):
+    *_, last = pipe.denoise(prompt, steps=steps, seed=0)  # every step runs; each UNet call is recorded
 final = common.pixels(pipe.decode(last.latents))
-
-
-def to_latent_grid(weights, height, width):
-    """(h·w, 77) weights of a layer at any resolution -> (height, width, 77) at the latents' size."""
-    factor = round(float(np.sqrt(height * width / weights.shape[0])))  # 1, 2, 4 … for deeper layers
-    grid = weights.reshape(height // factor, width // factor, -1)
-    return grid.repeat(factor, axis=0).repeat(factor, axis=1)
-
-
-height, width = last.latents.shape[2:]
-average = np.mean([to_latent_grid(weights, height, width) for weights in maps], axis=0)  # (h, w, 77)
-words = [piece.replace("</w>", "") for piece in pipe.tokenizer.tokenize(prompt)]
-end = len(words) + 1  # positions: 0 start, 1 … len(words) the words, then the end token and the padding
-heats = [average[..., i] for i in range(end)] + [average[..., end:].sum(axis=-1)]  # each (h, w)
-tokens = ["<start>", *words, "<end> + padding"]
+average = np.mean([common.host(pipe, call.attention[-1]) for call in calls], axis=0)  # the prompt's row: (h, w, 77)
+tokens, heats = zip(*token_maps(pipe.tokenizer, prompt, average))  # <start>, the words, <end> + padding; (h, w) each
 print("share of the attention each token receives:", {t: round(float(h.mean()), 3) for t, h in zip(tokens, heats)})
 
 # %%
@@ -252,7 +231,7 @@ for ax in axes:
     ax.set_axis_off()
 fig.suptitle(
     f'Cross-attention: where each token of "{prompt}" is looked at '
-    f"({len(maps)} layer calls averaged; each map scaled to its own range)",
+    f"({len(calls)} UNet calls, all their layers averaged; each map scaled to its own range)",
     fontsize=10,
 )
 common.save_figure(fig, args, "07_cross_attention")

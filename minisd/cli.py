@@ -1,4 +1,8 @@
-"""Command line: minisd "a prompt" -o out.png [options]  (also python -m minisd)."""
+"""Command line: minisd "a prompt" -o out.png [options]  (also python -m minisd).
+
+`minisd explore [options]` starts the explorer instead (minisd/explore/); a prompt that is just
+the word explore is written `minisd -- explore`.
+"""
 
 import argparse
 import os
@@ -9,6 +13,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from . import load
+from .explore import main as explore
 from .schedulers import SCHEDULERS
 from .weights import WeightsError, default_model_folder
 
@@ -128,7 +133,10 @@ def parse_size(text):
 
 
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["explore"]:  # the explorer's web server (minisd/explore/)
+        return explore(argv[1:])
+    args = parse_args(argv)
     outputs = output_paths(Path(args.output), args.num_images)
     try:
         if args.mask and not args.init_image:
