@@ -40,53 +40,31 @@ SMALL_UNET = dict(
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
     norm_num_groups=32,
 )
+SMALL_TEXT = dict(
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=3,
+    num_attention_heads=1,
+    hidden_act="quick_gelu",
+    vocab_size=49408,
+    max_position_embeddings=77,
+)
 FAMILIES = {
     "sd1": dict(
-        text=dict(
-            hidden_size=64,
-            intermediate_size=96,
-            num_hidden_layers=3,
-            num_attention_heads=1,
-            hidden_act="quick_gelu",
-            vocab_size=49408,
-            max_position_embeddings=77,
-        ),
+        text=SMALL_TEXT,
         unet={**SMALL_UNET, "cross_attention_dim": 64, "attention_head_dim": 8},
         scheduler=SD15_SCHEDULER,
     ),
     "sd2": dict(
-        text=dict(
-            hidden_size=64,
-            intermediate_size=96,
-            num_hidden_layers=3,
-            num_attention_heads=1,
-            hidden_act="gelu",
-            vocab_size=49408,
-            max_position_embeddings=77,
-        ),
+        text={**SMALL_TEXT, "hidden_act": "gelu"},
         unet={**SMALL_UNET, "cross_attention_dim": 64, "attention_head_dim": (1, 2), "use_linear_projection": True},
         scheduler=SD21_SCHEDULER,
     ),
     "sdxl": dict(  # two text encoders (64 + 128 wide), 1 and 2 transformer layers, added conditioning
-        text=dict(
-            hidden_size=64,
-            intermediate_size=96,
-            num_hidden_layers=3,
-            num_attention_heads=1,
-            hidden_act="quick_gelu",
-            vocab_size=49408,
-            max_position_embeddings=77,
-        ),
-        text_2=dict(  # wider than the first: diffusers tells the two encoders of a file apart by width
-            hidden_size=128,
-            intermediate_size=160,
-            num_hidden_layers=3,
-            num_attention_heads=2,
-            hidden_act="gelu",
-            vocab_size=49408,
-            max_position_embeddings=77,
-            projection_dim=128,
-        ),
+        text=SMALL_TEXT,
+        # wider than the first: diffusers tells the two encoders of a file apart by width
+        text_2={**SMALL_TEXT, "hidden_size": 128, "intermediate_size": 160, "num_attention_heads": 2}
+        | {"hidden_act": "gelu", "projection_dim": 128},
         unet={
             **SMALL_UNET,
             "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
