@@ -10,9 +10,9 @@ with s the scale you choose and α the file's own factor (r when it gives none).
 are shared, both .safetensors:
 
     kohya / AUTOMATIC1111   lora_unet_<path with _>.lora_down.weight, .lora_up.weight, .alpha
-                            lora_te_<path with _>...   (the text encoder)
+                            lora_te_<path with _>...   (the text encoder; SDXL's: lora_te1_, lora_te2_)
     diffusers / PEFT        unet.<path>.lora_A.weight, unet.<path>.lora_B.weight
-                            text_encoder.<path>...     (α = r)
+                            text_encoder.<path>...     (α = r; SDXL's second: text_encoder_2.)
 
 where <path> is the layer's checkpoint key, which minisd's module paths are. The update is
 fused into the weights (computed in float32); the weights it changed are kept, so unloading
@@ -27,9 +27,17 @@ from .errors import WeightsError
 from .layers import Conv2d, Linear
 from .safetensors_file import read_safetensors
 
-KOHYA = re.compile(r"(lora_unet|lora_te)_(\w+?)\.(lora_down\.weight|lora_up\.weight|alpha)")
-PEFT = re.compile(r"(unet|text_encoder)\.([\w.]+?)\.(lora_A\.weight|lora_B\.weight)")
-COMPONENTS = {"lora_unet": "unet", "lora_te": "text_encoder", "unet": "unet", "text_encoder": "text_encoder"}
+KOHYA = re.compile(r"(lora_unet|lora_te1|lora_te2|lora_te)_(\w+?)\.(lora_down\.weight|lora_up\.weight|alpha)")
+PEFT = re.compile(r"(unet|text_encoder_2|text_encoder)\.([\w.]+?)\.(lora_A\.weight|lora_B\.weight)")
+COMPONENTS = {
+    "lora_unet": "unet",
+    "lora_te": "text_encoder",
+    "lora_te1": "text_encoder",
+    "lora_te2": "text_encoder_2",
+    "unet": "unet",
+    "text_encoder": "text_encoder",
+    "text_encoder_2": "text_encoder_2",
+}
 PART = {
     "lora_down.weight": "down",
     "lora_up.weight": "up",
@@ -75,13 +83,20 @@ def layers_by_name(components):
 
 def delta(path, layer, weight_shape, down, up, alpha, scale):
     """s · (α / r) · B A, shaped like the layer's weight, in float32."""
+    shapes_fit = min(down.ndim, up.ndim) >= 2 and down.size and up.size and up.shape[1] == down.shape[0]
+    if not shapes_fit or (alpha is not None and alpha.size != 1):
+        alpha_shape = "" if alpha is None else f", alpha {alpha.shape}"
+        raise WeightsError(
+            f"{path}: the LoRA for {layer} has down {down.shape}, up {up.shape}{alpha_shape}; a LoRA has down "
+            "(r, in[, k, k]), up (out, r[, 1, 1]) with r >= 1, and one number alpha"
+        )
     rank = down.shape[0]
     product = up.reshape(up.shape[0], -1).astype(numpy.float32) @ down.reshape(rank, -1).astype(numpy.float32)
     if product.size != int(numpy.prod(weight_shape)) or up.shape[0] != weight_shape[0]:
         raise WeightsError(
             f"{path}: the LoRA for {layer} makes a {product.shape} update, the layer's weight is {tuple(weight_shape)}"
         )
-    factor = float(alpha) / rank if alpha is not None else 1.0
+    factor = float(alpha.reshape(())) / rank if alpha is not None else 1.0
     return (scale * factor) * product.reshape(weight_shape)
 
 

@@ -29,7 +29,7 @@ from .lora import LoRAs
 from .model_settings import read_model_settings
 from .ops import fast_paths
 from .options import Options
-from .preview import SD_FACTORS, preview
+from .preview import SD_FACTORS, SDXL_BIAS, SDXL_FACTORS, preview
 from .prompt_weights import emphasize, has_weights, parse, weighted_chunks
 from .rng import TorchGenerator
 from .schedulers import check_config as check_scheduler_config
@@ -74,14 +74,15 @@ def load(path, backend="numpy", dtype="float32", config=None, weights_dtype=None
     return Pipeline.from_folder(path, backend, fast)
 
 
-def _sdxl_text(folder, backend):
-    """SDXL's second tokenizer and text encoder, when model_index.json names them; else None."""
+def _sdxl_text(folder, tokenizer, text_encoder, backend):
+    """SDXL's two tokenizers and text encoders (the first ones are SD's), when model_index.json
+    names a second; else None."""
     index = read_json(folder / "model_index.json")
     if (index.get("text_encoder_2") or [None])[0] is None:  # SDXL: ["transformers", "CLIPTextModelWithProjection"]
         return None
     return SDXLText(
-        (load_tokenizer(folder), load_tokenizer(folder, "tokenizer_2")),
-        (load_component(folder, "text_encoder", backend), load_component(folder, "text_encoder_2", backend)),
+        (tokenizer, load_tokenizer(folder, "tokenizer_2")),
+        (text_encoder, load_component(folder, "text_encoder_2", backend)),
         backend,
         index.get("force_zeros_for_empty_prompt", True) is True,
     )
@@ -127,8 +128,10 @@ class Pipeline:
         self.name = name
         self.sdxl = sdxl  # SDXL's second tokenizer and text encoder (sdxl.SDXLText), None in SD 1/2
         self.fast = fast  # False: the plain equations of nn.py only
-        self.preview_map = preview_map or (SD_FACTORS, (0.0, 0.0, 0.0))  # (factors (4, 3), bias (3,))
-        self.loras = LoRAs({"unet": unet, "text_encoder": text_encoder}, backend)
+        # (factors (4, 3), bias (3,)): the folder's own, else those published for SD's or SDXL's latents
+        self.preview_map = preview_map or ((SDXL_FACTORS, SDXL_BIAS) if sdxl else (SD_FACTORS, (0.0, 0.0, 0.0)))
+        encoders = {"text_encoder": text_encoder} | ({"text_encoder_2": sdxl.text_encoders[1]} if sdxl else {})
+        self.loras = LoRAs({"unet": unet, **encoders}, backend)
         self.vae_scale_factor = vae.scale_factor  # 8 in SD
         # what an option left at None means: the model folder's minisd.json, else SD's usual values
         self.defaults = {
@@ -148,9 +151,10 @@ class Pipeline:
         check_scheduler_config(scheduler_config, scheduler_file)
         defaults, preview_map = read_model_settings(folder)
         vae_backend = _vae_backend(backend, read_json(folder / "vae" / "config.json").get("force_upcast", True))
+        tokenizer, text_encoder = load_tokenizer(folder), load_component(folder, "text_encoder", backend)
         return cls(
-            tokenizer=load_tokenizer(folder),
-            text_encoder=load_component(folder, "text_encoder", backend),
+            tokenizer=tokenizer,
+            text_encoder=text_encoder,
             unet=load_component(folder, "unet", backend),
             vae=load_component(folder, "vae", vae_backend),
             scheduler_config=scheduler_config,
@@ -160,7 +164,7 @@ class Pipeline:
             defaults=defaults,
             fast=fast,
             preview_map=preview_map,
-            sdxl=_sdxl_text(folder, backend),
+            sdxl=_sdxl_text(folder, tokenizer, text_encoder, backend),
         )
 
     @property
@@ -370,12 +374,14 @@ class Pipeline:
     def load_embedding(self, path, token=None):
         """Textual inversion (embeddings.py): the file's vectors under `token` (default: the file's
         own, the file's name for AUTOMATIC1111's), usable in prompts from now on; returns the token."""
+        if self.sdxl:  # its two tokenizers and tables (clip_l, clip_g) would both have to learn the token
+            raise ValueError("textual inversion is not implemented for SDXL's two text encoders yet")
         return add_embedding(self.tokenizer, self.text_encoder, self.backend, path, token)
 
     def preview(self, latents):
         """A step's latents (N, 4, h, w) as a small RGB picture of the first image, (h, w) pixels:
         each latent pixel's colour by a linear map (preview.py), no VAE. The map is the model
-        folder's (minisd.json), else the one published for SD 1.x/2.x latents."""
+        folder's (minisd.json), else the one published for SD 1.x/2.x or SDXL latents."""
         return preview(self.backend.to_host(latents), *self.preview_map)
 
     def encode_image(self, image):

@@ -22,6 +22,16 @@ SD_FACTORS = (
     (-0.2829, 0.1762, 0.2721),
     (-0.2120, -0.2616, -0.7177),
 )  # fmt: skip
+# SDXL's VAE has its own latent space: ComfyUI's factors and bias for it (comfy/latent_formats.py,
+# SDXL.latent_rgb_factors and latent_rgb_factors_bias). SD's factors on SDXL latents would give
+# the right shapes in the wrong colours.
+SDXL_FACTORS = (
+    (0.3651, 0.4232, 0.4341),
+    (-0.2533, -0.0042, 0.1068),
+    (0.1076, 0.1111, -0.0362),
+    (-0.3165, -0.2492, -0.2188),
+)  # fmt: skip
+SDXL_BIAS = (0.1084, -0.0175, -0.0011)
 
 
 def preview(latents, factors=SD_FACTORS, bias=(0.0, 0.0, 0.0)):

@@ -159,3 +159,51 @@ def test_command_line_records_the_sdxl_options(sdxl, tmp_path):
     assert (text["negative_prompt"], text["negative_prompt_given"]) == ("", "no")
     assert (text["original_size"], text["crop_top_left"], text["weights_dtype"]) == ("96x128", "8x4", "float16")
     assert text["scheduler"] == "euler" and text["guidance"] == "5.0"
+
+
+def test_previews_use_sdxl_factors(sdxl):
+    """SDXL's latent space has its own preview map (ComfyUI's published SDXL factors and bias):
+    each preview pixel is latents · M + b, mapped from [-1, 1] to 0..255."""
+    from minisd.preview import SDXL_BIAS, SDXL_FACTORS
+
+    latents = np.random.default_rng(0).standard_normal((1, 4, 8, 6), dtype=np.float32) * 0.5
+    rgb = np.moveaxis(latents[0], 0, -1) @ np.array(SDXL_FACTORS) + np.array(SDXL_BIAS)  # (8, 6, 3)
+    want = np.round(np.clip(rgb / 2 + 0.5, 0, 1) * 255)
+    got = np.asarray(minisd.load(sdxl).preview(latents), float)
+    assert got.shape == (8, 6, 3) and np.abs(got - want).max() <= 1
+
+
+def sdxl_lora(path, seed=4):
+    """A diffusers/PEFT-layout LoRA touching the UNet and both text encoders (rank 4, random)."""
+    from safetensors.numpy import save_file
+
+    rng, tensors = np.random.default_rng(seed), {}
+    layers = [
+        ("unet", "down_blocks.1.attentions.0.transformer_blocks.1.attn2.to_k", (64, 64)),
+        ("unet", "up_blocks.0.attentions.2.transformer_blocks.0.ff.net.2", (64, 256)),
+        ("text_encoder", "text_model.encoder.layers.1.self_attn.q_proj", (32, 32)),
+        ("text_encoder_2", "text_model.encoder.layers.2.self_attn.v_proj", (32, 32)),
+    ]
+    for component, key, (rows, columns) in layers:
+        tensors[f"{component}.{key}.lora_A.weight"] = rng.standard_normal((4, columns), dtype=np.float32) * 0.3
+        tensors[f"{component}.{key}.lora_B.weight"] = rng.standard_normal((rows, 4), dtype=np.float32) * 0.3
+    save_file(tensors, str(path))
+    return path
+
+
+def test_lora_on_both_text_encoders_and_the_unet(sdxl, tmp_path):
+    """diffusers' load_lora_weights on StableDiffusionXLPipeline against minisd's fused LoRA;
+    unloading gives the picture without it back exactly."""
+    path = sdxl_lora(tmp_path / "xl-lora.safetensors")
+    theirs = reference_sdxl(sdxl)
+    theirs.load_lora_weights(str(path), adapter_name="xl")
+    want = theirs(PROMPT, num_inference_steps=4, generator=torch_seed(6), **SIZE).images[0]
+    pipe = minisd.load(sdxl)
+    plain = pipe(PROMPT, steps=4, seed=6, progress=False, **SIZE)
+    pipe.load_lora(path)
+    got = pipe(PROMPT, steps=4, seed=6, progress=False, **SIZE)
+    assert max_pixel_difference(got, want) <= 1 and max_pixel_difference(got, plain) > 10
+    pipe.unload_loras()
+    assert max_pixel_difference(pipe(PROMPT, steps=4, seed=6, progress=False, **SIZE), plain) == 0
+    with pytest.raises(ValueError, match="textual inversion is not implemented for SDXL"):
+        pipe.load_embedding(path)
