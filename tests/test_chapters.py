@@ -42,6 +42,11 @@ FIGURES = {
     "08_guidance": {"08_guidance": (1200, 540)},
     "09_img2img": {"09_img2img": (1200, 360)},
     "10_sdxl": {"10_sdxl_sizes": (1300, 400), "10_sdxl_conditioning": (1300, 400)},
+    "11_samplers": {
+        "11_samplers": (620, 1750),
+        "11_sampler_distances": (800, 450),
+        "11_negative_direction": (1300, 380),
+    },
 }
 
 
@@ -285,3 +290,26 @@ def test_sdxl_chapter_counts_as_diffusers_and_conditions_as_sdxl(chapter):
     assert facts["context_shape"] == [1, 77, facts["first_width"] + 128]  # the two encoders side by side
     assert facts["time_ids"] == [1024, 1024, 0, 0, 1024, 1024]
     assert facts["changes"][0] == 0 and all(change > 0.01 for change in facts["changes"][1:])
+
+
+def test_samplers_chapter_pictures_are_the_pipelines_and_guidance_is_a_direction(chapter, pipe):
+    """A sampler's distance is that of the pipeline's own picture for the same seed; the refused
+    ones are those whose σ-space steps cannot start at zero signal; guidance with a negative
+    prompt is ε_prompt + (s − 1)(ε_prompt − ε_negative) (computed here on random latents); and
+    the negative prompt "blue" takes blue out of the finished picture."""
+    facts = chapter("11_samplers")
+    prompt, seed, count = facts["prompt"], facts["seed"], facts["counts"][0]
+    reference = pixels(pipe(prompt, steps=100, seed=seed, progress=False))
+    for name in ("euler", "dpmpp_2m"):
+        picture = pixels(pipe(prompt, steps=count, seed=seed, scheduler=name, progress=False))
+        assert abs(facts["distances"][name][0] - rms(picture, reference)) < 1e-3
+    refused = {name for name, values in facts["distances"].items() if all(isinstance(v, str) for v in values)}
+    assert refused == {"lms", "heun"} and config("scheduler/scheduler_config.json")["rescale_betas_zero_snr"]
+    latents = np.random.default_rng(0).standard_normal((1, 4, 8, 8), dtype=np.float32)
+    texts = {text: pipe.encode_prompt(text, guidance=1) for text in (prompt, facts["negative"])}
+    eps = {text: pipe.predict_noise(latents, 500, context, 1) for text, context in texts.items()}
+    guided = pipe.predict_noise(latents, 500, pipe.encode_prompt(prompt, facts["negative"], guidance=5), 5)
+    direction = eps[prompt] - eps[facts["negative"]]
+    np.testing.assert_allclose(guided, eps[prompt] + 4 * direction, rtol=1e-4, atol=1e-5)
+    finals = [facts["colours"][label] for label in ('final, negative ""', "final, negative blue")]
+    assert finals[1][2] < finals[0][2] and finals[1][0] > finals[0][0]  # less blue, more red
