@@ -12,12 +12,21 @@
 #
 # Here we encode a few pictures, look at their 4 latent channels, decode them, and measure how much
 # smaller the latents are and how faithful the round trip is (PSNR, in decibels: higher is closer).
+# Then the speed the section is named for: the work of one UNet step on latents against the same
+# UNet on pixels, for the embedded model and for SD 1.5's sizes.
 
 # %%
+import time
+
 import matplotlib.pyplot as plt
 import numpy as np
 
 import common
+from minisd.backend import Backend
+from minisd.presets import SD1
+from minisd.random_model import place
+from minisd.roofline import count_flops
+from minisd.unet import UNet2DConditionModel, UNetConfig
 
 args = common.options("Chapter 5: the autoencoder's latents, the compression factor, the round trip's PSNR")
 pipe = common.load_model(args)
@@ -69,10 +78,109 @@ fig.suptitle(
 )
 common.save_figure(fig, args, "05_latent_space")
 
+# %%
+# 3. The speed boost. A UNet step's work (FLOPs, counted while it runs, minisd.roofline.count_flops)
+# grows with the number of latent pixels n in two ways: convolutions, linear layers and
+# cross-attention's queries in proportion to n, self-attention (every pixel against every pixel) in
+# proportion to n²; the text's keys and values and the time embedding cost the same at any size.
+# So FLOPs(n) = c + a·n + b·n², three counted sizes give c, a and b exactly, and the law prices the
+# step at the picture's own size, where the UNet would have to run without the
+# autoencoder (3 channels in and out instead of 4). One step with guidance: batch 2.
+
+
+def unet_with(config, channels):
+    """The UNet of `config` with `channels` in and out, weights all zero (FLOPs do not depend on them)."""
+    unet = UNet2DConditionModel(UNetConfig.from_dict({**config, "in_channels": channels, "out_channels": channels}))
+    zeros = {key: np.zeros(slot.shape, "float16") for key, _, _, slot in unet.named_slots()}
+    return place(unet, zeros, Backend("numpy", "float32", "float16"))
+
+
+def step(unet, side, text_width):
+    """(FLOPs, seconds) of one UNet step with guidance on a side × side grid."""
+    channels = unet.config.in_channels
+    sample, text = np.zeros((2, channels, side, side), "float32"), np.zeros((2, 77, text_width), "float32")
+    with count_flops() as flops:
+        start = time.perf_counter()
+        unet(sample, 500, text)
+    return flops[0], time.perf_counter() - start
+
+
+def flops_law(unet, text_width, sides=(8, 16, 24)):
+    """FLOPs(n) = c + a·n + b·n² as a function of n, from counts at three sizes."""
+    n = np.array([side * side for side in sides], float)
+    counted = [step(unet, side, text_width)[0] for side in sides]
+    c, a, b = np.linalg.solve(np.stack([np.ones(3), n, n * n], axis=1), counted)
+    return lambda side: float(c + a * side**2 + b * side**4)
+
+
+unet_config = {key: value for key, value in pipe.unet.config.__dict__.items()}
+embedded_text = pipe.text_encoder.config.hidden_size
+speed = {}
+latent_side, pixel_side = size // (size // latents[0].shape[1]), size
+for name, (config, text_width, sides) in {
+    "embedded model": (unet_config, embedded_text, (latent_side, pixel_side)),
+    "SD 1.5": (SD1["unet"], SD1["text_encoder"]["hidden_size"], (64, 512)),
+}.items():
+    on_latents, on_pixels = unet_with(config, 4), unet_with(config, 3)
+    entry = {
+        "sides": sides,
+        "latent_flops": flops_law(on_latents, text_width)(sides[0]),
+        "pixel_flops": flops_law(on_pixels, text_width)(sides[1]),
+    }
+    if name == "embedded model":  # small enough to run on pixels too: count and time both
+        (entry["counted_latent_flops"], entry["latent_seconds"]) = step(on_latents, sides[0], text_width)
+        (entry["counted_pixel_flops"], entry["pixel_seconds"]) = step(on_pixels, sides[1], text_width)
+    else:  # too big to time on pixels: this CPU's rate on a 32x32 step of the real UNet prices both
+        flops, seconds = step(on_latents, 32, text_width)
+        entry["rate"] = flops / seconds
+        entry["latent_seconds"] = entry["latent_flops"] / entry["rate"]
+        entry["pixel_seconds"] = entry["pixel_flops"] / entry["rate"]
+    speed[name] = entry
+    ratio = entry["pixel_flops"] / entry["latent_flops"]
+    print(
+        f"{name}: a step on {sides[0]}² latents {entry['latent_flops'] / 1e9:.2f} GFLOP, on {sides[1]}² pixels "
+        f"{entry['pixel_flops'] / 1e9:.1f} GFLOP: {ratio:.0f}× more work"
+    )
+
+# %%
+# Figure 2: FLOPs and time of a step, on latents and on pixels
+fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4), layout="constrained")
+names = list(speed)
+for offset, (key, label, colour) in zip(
+    (-0.2, 0.2), (("latent_flops", "on latents", "tab:green"), ("pixel_flops", "on pixels", "tab:red"))
+):
+    values = [speed[name][key] / 1e9 for name in names]
+    bars = left.bar(np.arange(len(names)) + offset, values, 0.4, label=label, color=colour)
+    left.bar_label(bars, [f"{v:,.1f}" if v < 100 else f"{v:,.0f}" for v in values], fontsize=8)
+left.set_yscale("log")
+left.set_xticks(
+    range(len(names)), [f"{n}\n{speed[n]['sides'][0]}² latents / {speed[n]['sides'][1]}² pixels" for n in names]
+)
+left.set_ylabel("GFLOP per step with guidance (log scale)")
+left.set_title("Work of one UNet step")
+left.legend()
+for offset, (key, label, colour) in zip(
+    (-0.2, 0.2), (("latent_seconds", "on latents", "tab:green"), ("pixel_seconds", "on pixels", "tab:red"))
+):
+    values = [speed[name][key] for name in names]
+    bars = right.bar(np.arange(len(names)) + offset, values, 0.4, label=label, color=colour)
+    right.bar_label(bars, [f"{v:.2g} s" if v < 3600 else f"{v / 3600:.0f} h" for v in values], fontsize=8)
+right.set_yscale("log")
+sd_rate = speed["SD 1.5"]["rate"] / 1e9
+ticks = ["embedded model\n(both timed)", f"SD 1.5\n(its FLOPs at {sd_rate:.0f} GFLOP/s, this CPU's rate)"]
+right.set_xticks(range(len(names)), ticks)
+right.set_ylabel("seconds per step (log scale)")
+right.set_title("Time of one UNet step on this CPU")
+right.legend()
+fig.suptitle("The speed boost: the same UNet on latents and on the picture's pixels (3 channels in and out)")
+common.save_figure(fig, args, "05_speed")
+
+# %%
 common.save_facts(
     args,
     "05_latent_space",
     {
+        "speed": speed,
         "combinations": combinations,
         "compression": compression,
         "psnr_db": psnrs,

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.colors import LogNorm
 from matplotlib.patches import FancyArrowPatch, Rectangle
 
 import common
@@ -213,15 +214,21 @@ tokens, heats = zip(*token_maps(pipe.tokenizer, prompt, average))  # <start>, th
 print("share of the attention each token receives:", {t: round(float(h.mean()), 3) for t, h in zip(tokens, heats)})
 
 # %%
-# Figure 4: the final picture, and one map per token (brighter = more attention), all layers and steps averaged
+# Figure 4: the final picture, and one map per token, all layers and steps averaged, on one colour scale.
+# Most of every pixel's attention goes to the end token and the padding after it (62 % here): under
+# CLIP's causal attention the end token is the one that has read the whole prompt, and the padding
+# tokens repeat it, so a pixel that needs no particular word rests its attention there (a "sink").
+# The words share the rest, from 1 % to 12 %: the scale is logarithmic so both show.
+norm = LogNorm(vmin=min(float(heat.min()) for heat in heats), vmax=max(float(heat.max()) for heat in heats))
 fig, axes = plt.subplots(1, len(tokens) + 1, figsize=(1.45 * (len(tokens) + 1) + 0.6, 2.6), layout="constrained")
 axes[0].imshow(final)
 axes[0].set_title("picture", fontsize=9)
 for ax, heat, token in zip(axes[1:], heats, tokens):
     ax.imshow(final, alpha=0.35)
-    ax.imshow(
+    image = ax.imshow(
         heat,
         cmap="inferno",
+        norm=norm,
         alpha=0.75,
         extent=(-0.5, final.shape[1] - 0.5, final.shape[0] - 0.5, -0.5),
         interpolation="bilinear",
@@ -229,9 +236,10 @@ for ax, heat, token in zip(axes[1:], heats, tokens):
     ax.set_title(f"{token}\n{heat.mean():.0%} of attention", fontsize=8)
 for ax in axes:
     ax.set_axis_off()
+fig.colorbar(image, ax=axes[1:], label="attention weight\n(one log scale)", shrink=0.9, pad=0.01)
 fig.suptitle(
     f'Cross-attention: where each token of "{prompt}" is looked at '
-    f"({len(calls)} UNet calls, all their layers averaged; each map scaled to its own range)",
+    f"({len(calls)} UNet calls, all their layers averaged; one scale for every map)",
     fontsize=10,
 )
 common.save_figure(fig, args, "07_cross_attention")

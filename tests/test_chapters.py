@@ -31,7 +31,7 @@ FIGURES = {
     "02_text_encoder": {"02_tokens": (1200, 450), "02_similarity": (800, 650)},
     "03_diffusion_steps": {"03_diffusion_steps": (1200, 465)},
     "04_training_examples": {"04_training_examples": (1200, 1250), "04_noise_prediction_error": (1200, 420)},
-    "05_latent_space": {"05_latent_space": (1300, 510)},
+    "05_latent_space": {"05_latent_space": (1300, 510), "05_speed": (1200, 400)},
     "06_clip_training": {"06_clip_similarity": (1300, 660)},
     "07_unet": {
         "07_unet_layers": (1200, 600),
@@ -191,6 +191,23 @@ def test_latents_are_48_times_smaller_and_decode_faithfully(chapter, pipe):
     mean, _ = pipe.encode_image(image)
     decoded = pixels(pipe.decode(mean * pipe.vae.config.scaling_factor))
     assert 10 * math.log10(1 / np.mean((decoded - pixels(image)) ** 2)) > 25
+
+
+def test_latent_speedup_law_is_exact_and_counts_the_unet(chapter, pipe):
+    """FLOPs(n) = c + a·n + b·n², fitted on three small sizes, predicts the embedded model's
+    pixel-space step exactly as counted there; its latent step is what a count here gives; and on
+    pixels a step costs more than the 64 times more pixels alone (self-attention grows as n²)."""
+    from minisd.roofline import count_flops
+
+    speed = chapter("05_latent_space")["speed"]
+    embedded = speed["embedded model"]
+    assert embedded["pixel_flops"] == embedded["counted_pixel_flops"]
+    side = embedded["sides"][0]
+    with count_flops() as flops:
+        pipe.unet(np.zeros((2, 4, side, side), np.float32), 500, np.zeros((2, 77, 64), np.float32))
+    assert flops[0] == embedded["counted_latent_flops"] == embedded["latent_flops"]
+    for entry in speed.values():
+        assert entry["pixel_flops"] / entry["latent_flops"] > (entry["sides"][1] / entry["sides"][0]) ** 2
 
 
 def test_clip_scores_matching_pairs_highest_and_the_loss_is_cross_entropy(chapter, pipe):
