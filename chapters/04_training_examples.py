@@ -125,9 +125,19 @@ left.set_xlabel("training timestep t")
 left.set_ylabel("weight in x_t")
 left.set_title("The noise schedule")
 left.legend(loc="center right")
-right.plot(timesteps, errors, "o-")
+shown = [(t, error) for t, error in zip(timesteps, errors) if error > 0]  # a log axis has no 0
+right.plot(*zip(*shown), "o-")
+right.set_yscale("log")  # the error spans decades
+if len(shown) < len(errors):
+    right.annotate(
+        "exactly 0 at the last level\n(pure noise: nothing to guess)",
+        (0.98, 0.9),
+        xycoords="axes fraction",
+        ha="right",
+        fontsize=8,
+    )
 right.set_xlabel("training timestep t (how much noise was added)")
-right.set_ylabel("mean squared error of the predicted noise")
+right.set_ylabel("mean squared error of the predicted noise (log scale)")
 right.set_title(f"The trained noise predictor's error ({len(batch)} pictures per point)")
 for ax in (left, right):
     ax.grid(alpha=0.3)

@@ -116,7 +116,7 @@ for ax, values, title, colours in (
     ax.set_xticks(range(len(captions)), short, fontsize=8)
     ax.set_yticks([])
     ax.set_title(title)
-    fig.colorbar(shown, ax=ax, shrink=0.7)
+    fig.colorbar(shown, ax=ax, shrink=0.7, label=title.split(":")[0])
 fig.suptitle(
     f"A trained CLIP: matching pairs on the diagonal, negatives elsewhere.\nLoss picture→caption "
     f"{loss_image_to_text:.3f}, caption→picture {loss_text_to_image:.3f} (chance: ln {len(captions)} = "

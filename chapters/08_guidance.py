@@ -13,7 +13,13 @@
 # natural colours. A negative prompt replaces the empty prompt: the image is pushed away from it.
 #
 # The embedded model sometimes draws purple shapes blue (its model card counts these misses), so
-# we ask for purple and give a blue shape as the negative prompt. Watch the colour in both rows.
+# we ask for purple and give a blue shape as the negative prompt. What the figure shows: without a
+# negative prompt, guidance keeps the purple circle and only sharpens and squares its edge; with
+# "a blue circle" as the negative prompt, guidance pushes the colour away from blue, through a
+# muddy purple at 1.5 to red at 3 and orange from 5 on, which is why that row's change from s = 1
+# is two to three times larger. Pushing away from blue is not pushing towards purple: chapter 11
+# takes this apart (the negative prompt is a direction, ε_prompt − ε_negative, and it points at
+# red and yellow).
 
 # %%
 import matplotlib.pyplot as plt

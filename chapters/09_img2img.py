@@ -8,6 +8,12 @@
 # noised up to a level set by **strength** (0 … 1), and then only that last part of the denoising
 # schedule is run, with the prompt. Low strength keeps the picture and changes details; strength 1
 # starts from pure noise and ignores the picture. With N steps, it runs int(N · strength) of them.
+#
+# What the figure shows, going from a red circle on white to the prompt "a blue square on a black
+# background": with this small model, already at strength 0.2 the shape and the colour have moved
+# (a dark rounded square where the circle was), and at 0.4 it is a blue square; the background is
+# the last to go. Between 0.4 and 0.6 it flips from white to black, the large jump in the distance
+# curve: the background is most of the picture's pixels. From 0.6 on the input hardly matters.
 
 # %%
 import matplotlib.pyplot as plt
