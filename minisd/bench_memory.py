@@ -61,10 +61,9 @@ def components(backend, preset, *kinds):
 def sdxl_pipeline(backend, preset=SDXL):
     """A Pipeline of SDXL base's components (or another SDXL-shaped preset's) with random weights."""
     text, text_2, unet, vae = components(backend, preset, "text", "text_2", "unet", "vae")
-    default = CLIPTokenizer.default()
-    tokenizers = (default, CLIPTokenizer(default.vocab, default.merges, pad_id=default.vocab["!"]))
+    tokenizers = (CLIPTokenizer.default(), CLIPTokenizer.default("!"))  # OpenCLIP's pads with "!"
     sdxl = SDXLText(tokenizers, (text, text_2), backend)
-    return Pipeline(default, text, unet, vae, preset["scheduler"], backend, name="random SDXL", sdxl=sdxl)
+    return Pipeline(tokenizers[0], text, unet, vae, preset["scheduler"], backend, name="random SDXL", sdxl=sdxl)
 
 
 def peak_rss():

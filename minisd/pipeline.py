@@ -270,8 +270,14 @@ class Pipeline:
             added["time_ids"] = xp.asarray(numpy.stack([time_ids(options)] * len(context)))  # ([1;] 1, 6)
         else:
             guidance = options.guidance if self.guided(options.guidance) else 1
-            texts = (prompt, options.negative_prompt, guidance, options.clip_skip)
-            context = self.encode_prompt(*texts, options.long_prompt, options.prompt_weights)
+            context = self.encode_prompt(
+                prompt,
+                options.negative_prompt,
+                guidance,
+                options.clip_skip,
+                options.long_prompt,
+                options.prompt_weights,
+            )
         if self.unet.config.time_cond_proj_dim is not None:  # LCM: the guidance scale is an input
             w = xp.full((1,), options.guidance - 1, dtype="float32")
             added["timestep_cond"] = guidance_embedding(w, self.unet.config.time_cond_proj_dim)  # (1, dim)

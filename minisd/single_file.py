@@ -28,7 +28,7 @@ from .errors import WeightsError
 from .presets import PRESETS
 from .safetensors_file import read_safetensors, read_safetensors_header
 from .sdxl import SDXLText
-from .tokenizer import CLIPTokenizer
+from .tokenizer import EOS, CLIPTokenizer
 from .unet import UNet2DConditionModel, UNetConfig
 from .vae import AutoencoderKL, VAEConfig
 from .weights import HELP, load_module
@@ -212,7 +212,7 @@ def read_single_file(path, backend, vae_backend, overrides=None):
         )
     encoders = [parts[name][0] for name in model["text"]]
     return dict(
-        tokenizer=_tokenizer(model["family"] == "sd2"),  # SD 2.x pads with "!" (id 0)
+        tokenizer=CLIPTokenizer.default("!" if model["family"] == "sd2" else EOS),  # SD 2.x pads with "!" (id 0)
         text_encoder=encoders[0],
         unet=parts["unet"][0],
         vae=parts["vae"][0],
@@ -220,16 +220,10 @@ def read_single_file(path, backend, vae_backend, overrides=None):
         backend=backend,
         name=path.stem,
         vae_backend=vae_backend,
-        sdxl=SDXLText((_tokenizer(False), _tokenizer(True)), tuple(encoders), backend) if len(encoders) == 2 else None,
+        sdxl=SDXLText((CLIPTokenizer.default(), CLIPTokenizer.default("!")), tuple(encoders), backend)
+        if len(encoders) == 2
+        else None,
     )
-
-
-def _tokenizer(pad_with_exclamation):
-    """OpenAI CLIP's vocabulary, padding with EOS (CLIP ViT-L) or "!" (OpenCLIP's encoders)."""
-    tokenizer = CLIPTokenizer.default()
-    if pad_with_exclamation:
-        tokenizer = CLIPTokenizer(tokenizer.vocab, tokenizer.merges, pad_id=tokenizer.vocab["!"])
-    return tokenizer
 
 
 def _ignored(key):

@@ -119,8 +119,9 @@ class CLIPTokenizer:
     # ---- building: from a model folder, or from OpenAI's shipped vocabulary ----
 
     @classmethod
-    def default(cls) -> "CLIPTokenizer":
-        """OpenAI CLIP's vocabulary (packaged with minisd), padding with EOS like SD 1.x."""
+    def default(cls, pad=EOS) -> "CLIPTokenizer":
+        """OpenAI CLIP's vocabulary (packaged with minisd), padding with EOS like SD 1.x (OpenCLIP's
+        encoders, SD 2.x's and SDXL's second, pad with "!")."""
         source = resources.files("minisd") / "data" / "bpe_simple_vocab_16e6.txt.gz"
         lines = gzip.decompress(source.read_bytes()).decode("utf-8").split("\n")
         merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]  # skip header
@@ -128,7 +129,7 @@ class CLIPTokenizer:
         ends = [s + END_OF_WORD for s in symbols]
         words = symbols + ends + ["".join(m) for m in merges] + [BOS, EOS]
         vocab = {w: i for i, w in enumerate(words)}
-        return cls(vocab, merges, pad_id=vocab[EOS])
+        return cls(vocab, merges, pad_id=vocab[pad])
 
     @classmethod
     def from_folder(cls, path) -> "CLIPTokenizer":

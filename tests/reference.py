@@ -250,8 +250,7 @@ def save_sdxl_folder(folder, models, scheduler=SDXL_SCHEDULER, force_zeros=True)
     """An SDXL diffusers folder: a second tokenizer (padding with "!") and text encoder."""
     folder = save_model_folder(folder, models["text_encoder"], models["unet"], models["vae"], scheduler)
     models["text_encoder_2"].save_pretrained(folder / "text_encoder_2", safe_serialization=True)
-    default = CLIPTokenizer.default()
-    CLIPTokenizer(default.vocab, default.merges, pad_id=default.vocab["!"]).save(folder / "tokenizer_2")
+    CLIPTokenizer.default("!").save(folder / "tokenizer_2")
     index = json.loads((folder / "model_index.json").read_text())
     index.update(
         _class_name="StableDiffusionXLPipeline",

@@ -64,11 +64,3 @@ class DDPMScheduler(Scheduler):
         require_noise(noise, f"DDPM adds fresh noise at timestep {t}")
         variance = np.maximum(b_prev / b_t * beta, np.float32(1e-20))
         return mean + np.sqrt(variance) * noise
-
-    def _previous_timestep(self, t):
-        """The entry after t in `timesteps`, or -1 after the last one."""
-        (where,) = np.nonzero(self.timesteps == t)
-        if len(where) == 0:
-            raise ValueError(f"timestep {t} is not one of this scheduler's timesteps: step through .timesteps")
-        i = where[0] + 1
-        return int(self.timesteps[i]) if i < len(self.timesteps) else -1

@@ -72,16 +72,14 @@ class LCMScheduler(Scheduler):
         self._check_no_eta(eta)
         self._check_ready()
         t = int(timestep)
-        (where,) = np.nonzero(self.timesteps == t)
-        if len(where) == 0:
-            raise ValueError(f"timestep {t} is not one of this scheduler's timesteps: step through .timesteps")
+        t_prev = self._previous_timestep(t)
         c_skip, c_out = self.boundary_scalings(t)
         x0, _ = predict_x0_and_noise(self.config.prediction_type, model_output, sample, self._alpha_bar(t))
         denoised = c_out * clip_x0(x0, self.config) + c_skip * sample
-        if where[0] == len(self.timesteps) - 1:
+        if t_prev < 0:  # after the last step: x̂_0 itself
             return denoised
         require_noise(noise, "LCM noises x̂_0 back to the next timestep")
-        a_prev = self._alpha_bar(int(self.timesteps[where[0] + 1]))
+        a_prev = self._alpha_bar(t_prev)
         return np.sqrt(a_prev) * denoised + np.sqrt(1 - a_prev) * noise
 
     def boundary_scalings(self, t):

@@ -226,6 +226,14 @@ class Scheduler:
             )
         return self.alphas_cumprod[t]
 
+    def _previous_timestep(self, t):
+        """The entry after t in `timesteps` (DDPM's and LCM's next noise level), or -1 after the last one."""
+        (where,) = np.nonzero(self.timesteps == t)
+        if len(where) == 0:
+            raise ValueError(f"timestep {t} is not one of this scheduler's timesteps: step through .timesteps")
+        i = where[0] + 1
+        return int(self.timesteps[i]) if i < len(self.timesteps) else -1
+
     def _check_ready(self):
         if self.timesteps is None:
             raise ValueError("call set_timesteps(num_inference_steps) before step()")
