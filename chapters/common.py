@@ -6,6 +6,7 @@ Every chapter takes the same options:
     --backend NAME   numpy (CPU, the default) or cupy (NVIDIA GPU)
     --out DIR        where figures go (default: chapters/out/, ignored by git)
     --quick          fewer steps, seeds and pictures (what the tests run)
+    --lang en|fr     the language of the figures' words (French: chapters/french.py)
 
 Opened as a notebook (Jupyter through jupytext, VS Code), a chapter takes the defaults.
 """
@@ -13,21 +14,25 @@ Opened as a notebook (Jupyter through jupytext, VS Code), a chapter takes the de
 import argparse
 import io
 import json
+import re
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import matplotlib.text
 import numpy as np
 from PIL import Image
 
 import minisd
+from minisd.presets import SD1
 
 HERE = Path(__file__).resolve().parent
 # The embedded model's world (one coloured shape on a plain background) is drawn by its training
 # data generator: weights/training/shapes.py.
 sys.path.insert(0, str(HERE.parent / "weights" / "training"))
 import shapes  # noqa: E402
+from french import FRENCH  # noqa: E402
 
 DPI = 100  # figure inches × DPI = PNG pixels
 
@@ -39,9 +44,50 @@ def options(description):
     parser.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
     parser.add_argument("--out", type=Path, default=HERE / "out", help="folder for the figures")
     parser.add_argument("--quick", action="store_true", help="fewer steps and seeds (for the tests)")
+    parser.add_argument("--lang", default="en", choices=["en", "fr"], help="language of the figures' words")
     args, _ = parser.parse_known_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    args.tr = Words(args.lang)
     return args
+
+
+class Words:
+    """The words a figure shows, in the language --lang asks for.
+
+    tr("step {n}", n=3) is "step 3" in English and, in French, FRENCH["step {n}"] filled in the
+    same way ("étape 3"); the English template is the key, so a chapter reads in English.
+    tr.literal(text) passes words the model itself reads (prompts, captions, token pieces, layer
+    and scheduler names) unchanged in every language: the embedded model learned English captions.
+    Every line of text a figure shows must have come through one of the two (save_figure checks),
+    so no English is left in a French figure."""
+
+    def __init__(self, lang):
+        self.lang = lang
+        self.shown = set()  # every line handed out, for save_figure's check
+
+    def __call__(self, english, **values):
+        template = english
+        if self.lang == "fr":
+            if english not in FRENCH:
+                raise KeyError(f"chapters/french.py has no French for {english!r}: add it to FRENCH")
+            template = FRENCH[english]
+        return self.literal(template.format(**values))
+
+    def literal(self, text):
+        text = str(text)
+        self.shown.update(text.splitlines())
+        return text
+
+    def untranslated(self, fig):
+        """The lines of words in a drawn figure that came through neither tr() nor tr.literal()."""
+        lines = {line for text in fig.findobj(matplotlib.text.Text) for line in text.get_text().splitlines()}
+        return sorted(line for line in lines if has_words(line) and line not in self.shown)
+
+
+def has_words(line):
+    """Whether a line of figure text holds a word (two letters in a row) outside $math$: numbers,
+    tick labels and symbols like "t = 999" or "ε̂" need no translation."""
+    return re.search(r"[^\W\d_]{2}", re.sub(r"\$[^$]*\$", "", line)) is not None
 
 
 def load_model(args):
@@ -81,10 +127,13 @@ def timed(label, times):
 
 def save_figure(fig, args, name):
     """Write the figure as out/NAME.png, in full colour (a palette would band every colour scale),
-    and return the path. Its size in pixels is figsize × DPI."""
+    and return the path. Its size in pixels is figsize × DPI. Refuses a figure with words that did
+    not come through args.tr (they would stay English in the French edition)."""
     path = args.out / f"{name}.png"
     rendered = io.BytesIO()
-    fig.savefig(rendered, dpi=DPI, format="png")
+    fig.savefig(rendered, dpi=DPI, format="png")  # drawing fills in the tick labels the check reads
+    if missing := args.tr.untranslated(fig):
+        raise ValueError(f"{name}: figure words not passed through tr() or tr.literal(): {missing}")
     Image.open(rendered).convert("RGB").save(path, optimize=True)
     print(f"wrote {path}")
     return path
@@ -101,3 +150,40 @@ def channel_mosaic(latents):
     """(4, h, w) latents -> (2h, 2w): the four channels tiled 2 × 2, to show them as one picture."""
     _, h, w = latents.shape
     return latents.reshape(2, 2, h, w).transpose(0, 2, 1, 3).reshape(2 * h, 2 * w)
+
+
+def sizes(pipe):
+    """The tensors passed between the components, for the model in use and for SD 1.5 (the article's
+    numbers), each as a shape tuple without the batch: token embeddings (77, D), latents (4, h, w),
+    image (3, H, W). Read from the configs."""
+
+    def shapes(tokens, width, latent_channels, vae_levels, image_size):
+        factor = 2 ** (vae_levels - 1)  # each VAE level but the last halves the height and width
+        side = image_size // factor
+        return {
+            "token embeddings": (tokens, width),
+            "latents": (latent_channels, side, side),
+            "image": (3, image_size, image_size),
+        }
+
+    text, vae = pipe.text_encoder.config, pipe.vae.config
+    model = shapes(
+        text.max_position_embeddings,
+        text.hidden_size,
+        vae.latent_channels,
+        len(vae.block_out_channels),
+        pipe.defaults["height"],
+    )
+    article = shapes(
+        SD1["text_encoder"]["max_position_embeddings"],
+        SD1["text_encoder"]["hidden_size"],
+        SD1["vae"]["latent_channels"],
+        len(SD1["vae"]["block_out_channels"]),
+        SD1["image_size"],
+    )
+    return {pipe.name: model, "SD 1.5": article}
+
+
+def shape(dims):
+    """(4, 64, 64) -> "4×64×64", as the article writes shapes."""
+    return "×".join(str(d) for d in dims)
