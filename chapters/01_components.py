@@ -24,6 +24,7 @@ import common
 from minisd.images import to_pil
 
 args = common.options("Chapter 1: the three components, the tensors between them, their times")
+tr = args.tr
 pipe = common.load_model(args)
 prompt = "a red circle on a white background"
 steps = 4 if args.quick else pipe.defaults["steps"]
@@ -71,7 +72,7 @@ def box(ax, x, width, title, detail):
 
 def arrow(ax, x0, x1, label):
     ax.annotate("", (x1, 0.45), (x0, 0.45), arrowprops={"arrowstyle": "-|>", "lw": 1.5})
-    ax.text((x0 + x1) / 2, 0.42, label, ha="center", va="top", fontsize=9)
+    ax.text((x0 + x1) / 2, 0.42, label, ha="center", va="top", fontsize=8.5)
 
 
 def image_axes(fig, x, y, height, data, title, **style):
@@ -82,31 +83,49 @@ def image_axes(fig, x, y, height, data, title, **style):
     inset.set_yticks([])
 
 
+def tensor(label, name):
+    """An arrow's label: the tensor's name, its shape here and SD 1.5's (the article's numbers)."""
+    here, article = common.shape(shapes[name][1:]), common.shape(common.sizes(pipe)["SD 1.5"][name])
+    return "\n".join([label, tr.literal(here), tr("(SD 1.5: {shape})", shape=article)])
+
+
 WIDTH, HEIGHT = 12, 3.6
 fig = plt.figure(figsize=(WIDTH, HEIGHT))
 ax = fig.add_axes((0, 0, 1, 1))
 ax.set_axis_off()
-ax.text(0.5, 0.94, "Stable Diffusion: three components run one after the other", ha="center", fontsize=12)
-ax.text(0.065, 0.45, "prompt:\n" + textwrap.fill(f'"{prompt}"', 20), ha="center", va="center", fontsize=9)
-arrow(ax, 0.125, 0.19, f"token ids\n{tuple(shapes['token ids'])}")
-box(ax, 0.19, 0.14, "Text encoder", f"CLIP text transformer\n{times['text encoder'] * 1000:.0f} ms")
-arrow(ax, 0.33, 0.42, f"token\nembeddings\n{tuple(shapes['token embeddings'])}")
+ax.text(0.5, 0.94, tr("Stable Diffusion: three components run one after the other"), ha="center", fontsize=12)
+ax.text(
+    0.065,
+    0.45,
+    tr("prompt:") + "\n" + tr.literal(textwrap.fill(f'"{prompt}"', 20)),
+    ha="center",
+    va="center",
+    fontsize=9,
+)
+arrow(ax, 0.125, 0.19, tr("token ids") + "\n" + tr.literal(common.shape(shapes["token ids"][1:])))
+box(ax, 0.19, 0.14, tr("Text encoder"), tr("CLIP text transformer\n{ms:.0f} ms", ms=times["text encoder"] * 1000))
+arrow(ax, 0.33, 0.42, tensor(tr("token embeddings"), "token embeddings"))
 box(
     ax,
     0.42,
     0.24,
-    "Image information creator",
-    f"UNet + scheduler, {steps} steps\n{times['image information creator']:.2f} s",
+    tr("Image information creator"),
+    tr("UNet + scheduler, {steps} steps\n{s:.2f} s", steps=steps, s=times["image information creator"]),
 )
-image_axes(fig, 0.437, 0.17, 0.36, common.channel_mosaic(first_latents[0]), "latents after step 1", cmap="gray")
-image_axes(
-    fig, 0.557, 0.17, 0.36, common.channel_mosaic(common.host(pipe, latents)[0]), f"after step {steps}", cmap="gray"
+mosaic = common.channel_mosaic
+image_axes(fig, 0.437, 0.17, 0.36, mosaic(first_latents[0]), tr("latents after step 1"), cmap="gray")
+image_axes(fig, 0.557, 0.17, 0.36, mosaic(common.host(pipe, latents)[0]), tr("after step {n}", n=steps), cmap="gray")
+ax.text(0.54, 0.13, tr("(the 4 latent channels tiled 2 × 2)"), ha="center", va="bottom", fontsize=7)
+arrow(ax, 0.66, 0.765, tensor(tr("latents"), "latents"))
+box(
+    ax,
+    0.765,
+    0.11,
+    tr("Image decoder"),
+    tr("the autoencoder's\ndecoder, {ms:.0f} ms", ms=times["image decoder"] * 1000),
 )
-ax.text(0.54, 0.13, "(the 4 latent channels tiled 2 × 2)", ha="center", va="bottom", fontsize=7)
-arrow(ax, 0.66, 0.74, f"latents\n{tuple(shapes['latents'])}")
-box(ax, 0.74, 0.12, "Image decoder", f"autoencoder's decoder\n{times['image decoder'] * 1000:.0f} ms")
-arrow(ax, 0.86, 0.885, "")
-image_axes(fig, 0.888, 0.3, 0.3, common.pixels(picture), f"image\n{tuple(shapes['image'])}")
+arrow(ax, 0.875, 0.888, "")
+image_axes(fig, 0.888, 0.3, 0.3, common.pixels(picture), tensor(tr("image"), "image"))
 common.save_figure(fig, args, "01_components")
 
 common.save_facts(

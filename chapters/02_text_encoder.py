@@ -22,6 +22,7 @@ import numpy as np
 import common
 
 args = common.options("Chapter 2: prompt -> tokens -> ids -> one vector per token; prompts compared")
+tr = args.tr
 pipe = common.load_model(args)
 tokenizer = pipe.tokenizer
 prompt = "a red circle on a white background"
@@ -47,17 +48,26 @@ print("token embeddings:", vectors.shape)
 # %%
 # Figure 1: the pieces, their ids and their vectors
 shown = len(piece_ids) + 3  # start, the pieces, end, one padding token
-labels = ["<start>", *pieces, "<end>", "<pad>"]
+labels = [tr("<start>"), *pieces, tr("<end>"), tr("<pad>")]
 fig, ax = plt.subplots(figsize=(12, 4.5), layout="constrained")
 limit = np.abs(vectors[0, :shown]).max()
 image = ax.imshow(vectors[0, :shown], aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
-ax.set_yticks(range(shown), [f"{label}  (id {i})" for label, i in zip(labels, ids[0, :shown])])
-ax.set_xlabel(f"dimension of the token's vector (0 … {vectors.shape[2] - 1})")
-ax.set_ylabel("token (BPE piece and its id)")
+ax.set_yticks(range(shown), [tr.literal(f"{label}  (id {i})") for label, i in zip(labels, ids[0, :shown])])
+ax.set_xlabel(tr("dimension of the token's vector (0 … {last})", last=vectors.shape[2] - 1))
+ax.set_ylabel(tr("token (BPE piece and its id)"))
+article = common.sizes(pipe)["SD 1.5"]["token embeddings"]
 ax.set_title(
-    f'"{prompt}": one {vectors.shape[2]}-number vector per token (first {shown} of the 77 rows the UNet receives)'
+    tr(
+        '"{prompt}": one {width}-number vector per token (SD 1.5: {article})\n'
+        "the first {shown} of the {tokens} rows the UNet receives",
+        prompt=prompt,
+        width=vectors.shape[2],
+        article=article[1],
+        shown=shown,
+        tokens=vectors.shape[1],
+    )
 )
-fig.colorbar(image, ax=ax, label="value")
+fig.colorbar(image, ax=ax, label=tr("value"))
 common.save_figure(fig, args, "02_tokens")
 
 # %%
@@ -83,11 +93,11 @@ fig, ax = plt.subplots(figsize=(8, 6.5), layout="constrained")
 image = ax.imshow(similarity, cmap="viridis", vmin=min(0, similarity.min()), vmax=1)
 for (i, j), value in np.ndenumerate(similarity):
     ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.7 else "black")
-short = [p.replace(" background", "").replace(" on a", " /") for p in prompts]
+short = [tr.literal(p.replace(" background", "").replace(" on a", " /")) for p in prompts]
 ax.set_xticks(range(len(prompts)), short, rotation=30, ha="right")
 ax.set_yticks(range(len(prompts)), short)
-ax.set_title("Cosine similarity of the prompts' end-of-text vectors\n(prompt / background)")
-fig.colorbar(image, ax=ax, label="cosine similarity")
+ax.set_title(tr("Cosine similarity of the prompts' end-of-text vectors\n(prompt / background)"))
+fig.colorbar(image, ax=ax, label=tr("cosine similarity"))
 common.save_figure(fig, args, "02_similarity")
 
 common.save_facts(

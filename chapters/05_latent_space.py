@@ -29,6 +29,7 @@ from minisd.roofline import count_flops
 from minisd.unet import UNet2DConditionModel, UNetConfig
 
 args = common.options("Chapter 5: the autoencoder's latents, the compression factor, the round trip's PSNR")
+tr = args.tr
 pipe = common.load_model(args)
 size = pipe.default_size
 combinations = [("red", "circle", "white"), ("blue", "square", "black"), ("yellow", "triangle", "gray")]
@@ -63,18 +64,30 @@ for row, (original, z, back, score) in enumerate(zip(originals, latents, decoded
         shown = axes[row, 1 + channel].imshow(z[channel], cmap="RdBu_r", vmin=-limit, vmax=limit)
     axes[row, 5].imshow(back)
     axes[row, 6].imshow(np.abs(original - back).mean(axis=2), cmap="magma", vmin=0, vmax=0.25)
-    axes[row, 5].set_xlabel(f"PSNR {score:.1f} dB")
-titles = ["picture", *(f"latent channel {c}" for c in range(4)), "decoded", "|difference|, 0 … 0.25"]
+    axes[row, 5].set_xlabel(tr("PSNR {score:.1f} dB", score=score))
+titles = [
+    tr("picture"),
+    *(tr("latent channel {c}", c=c) for c in range(4)),
+    tr("decoded"),
+    tr("|difference|\n0 … 0.25"),
+]
 for ax, title in zip(axes[0], titles):
     ax.set_title(title)
 for ax in axes.flat:
     ax.set_xticks([])
     ax.set_yticks([])
-fig.colorbar(shown, ax=axes[:, 4], shrink=0.8, label="latent value")
-(h, w), (H, W) = latents[0].shape[1:], originals[0].shape[:2]
+fig.colorbar(shown, ax=axes[:, 4], shrink=0.8, label=tr("latent value"))
+article = common.sizes(pipe)["SD 1.5"]
 fig.suptitle(
-    f"The autoencoder: a {H}×{W}×3 picture becomes 4×{h}×{w} latents ({compression:.0f}× fewer numbers); "
-    "the decoder paints it back"
+    tr(
+        "The autoencoder: a {image} picture becomes {latents} latents ({compression:.0f}× fewer numbers; "
+        "SD 1.5: {article_image} → {article_latents}); the decoder paints it back",
+        image=common.shape(np.moveaxis(originals[0], 2, 0).shape),
+        latents=common.shape(latents[0].shape),
+        compression=compression,
+        article_image=common.shape(article["image"]),
+        article_latents=common.shape(article["latents"]),
+    )
 )
 common.save_figure(fig, args, "05_latent_space")
 
@@ -146,33 +159,41 @@ for name, (config, text_width, sides) in {
 # Figure 2: FLOPs and time of a step, on latents and on pixels
 fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4), layout="constrained")
 names = list(speed)
+on_latents, on_pixels = tr("on latents"), tr("on pixels")
 for offset, (key, label, colour) in zip(
-    (-0.2, 0.2), (("latent_flops", "on latents", "tab:green"), ("pixel_flops", "on pixels", "tab:red"))
+    (-0.2, 0.2), (("latent_flops", on_latents, "tab:green"), ("pixel_flops", on_pixels, "tab:red"))
 ):
     values = [speed[name][key] / 1e9 for name in names]
     bars = left.bar(np.arange(len(names)) + offset, values, 0.4, label=label, color=colour)
-    left.bar_label(bars, [f"{v:,.1f}" if v < 100 else f"{v:,.0f}" for v in values], fontsize=8)
+    left.bar_label(bars, [tr.literal(f"{v:,.1f}" if v < 100 else f"{v:,.0f}") for v in values], fontsize=8)
 left.set_yscale("log")
-left.set_xticks(
-    range(len(names)), [f"{n}\n{speed[n]['sides'][0]}² latents / {speed[n]['sides'][1]}² pixels" for n in names]
-)
-left.set_ylabel("GFLOP per step with guidance (log scale)")
-left.set_title("Work of one UNet step")
+model_name = {"embedded model": tr("embedded model"), "SD 1.5": tr.literal("SD 1.5")}
+sides = [
+    tr("{latent}² latents / {pixel}² pixels", latent=speed[n]["sides"][0], pixel=speed[n]["sides"][1]) for n in names
+]
+left.set_xticks(range(len(names)), [f"{model_name[n]}\n{side}" for n, side in zip(names, sides)])
+left.set_ylabel(tr("GFLOP per step with guidance (log scale)"))
+left.set_title(tr("Work of one UNet step"))
 left.legend()
 for offset, (key, label, colour) in zip(
-    (-0.2, 0.2), (("latent_seconds", "on latents", "tab:green"), ("pixel_seconds", "on pixels", "tab:red"))
+    (-0.2, 0.2), (("latent_seconds", on_latents, "tab:green"), ("pixel_seconds", on_pixels, "tab:red"))
 ):
     values = [speed[name][key] for name in names]
     bars = right.bar(np.arange(len(names)) + offset, values, 0.4, label=label, color=colour)
-    right.bar_label(bars, [f"{v:.2g} s" if v < 3600 else f"{v / 3600:.0f} h" for v in values], fontsize=8)
+    right.bar_label(
+        bars, [tr("{v:.2g} s", v=v) if v < 3600 else tr("{h:.0f} h", h=v / 3600) for v in values], fontsize=8
+    )
 right.set_yscale("log")
 sd_rate = speed["SD 1.5"]["rate"] / 1e9
-ticks = ["embedded model\n(both timed)", f"SD 1.5\n(its FLOPs at {sd_rate:.0f} GFLOP/s, this CPU's rate)"]
+ticks = [
+    tr("embedded model\n(both timed)"),
+    tr("SD 1.5\n(its FLOPs at {rate:.0f} GFLOP/s, this CPU's rate)", rate=sd_rate),
+]
 right.set_xticks(range(len(names)), ticks)
-right.set_ylabel("seconds per step (log scale)")
-right.set_title("Time of one UNet step on this CPU")
+right.set_ylabel(tr("seconds per step (log scale)"))
+right.set_title(tr("Time of one UNet step on this CPU"))
 right.legend()
-fig.suptitle("The speed boost: the same UNet on latents and on the picture's pixels (3 channels in and out)")
+fig.suptitle(tr("The speed boost: the same UNet on latents and on the picture's pixels (3 channels in and out)"))
 common.save_figure(fig, args, "05_speed")
 
 # %%

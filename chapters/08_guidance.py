@@ -28,6 +28,7 @@ import numpy as np
 import common
 
 args = common.options("Chapter 8: one seed at several guidance scales, with and without a negative prompt")
+tr = args.tr
 pipe = common.load_model(args)
 prompt = "a purple circle on a white background"
 negative = "a blue circle on a white background"
@@ -62,16 +63,16 @@ for row, images in enumerate(rows.values()):
         axes[row, column].imshow(image)
         axes[row, column].set_xticks([])
         axes[row, column].set_yticks([])
-        axes[0, column].set_title(f"guidance {scale}")
-axes[0, 0].set_ylabel("negative prompt:\n(none)")
-axes[1, 0].set_ylabel(f'negative prompt:\n"{negative}"', fontsize=8)
-grid.suptitle(f'"{prompt}", seed {seed}, {steps} steps')
+        axes[0, column].set_title(tr("guidance {scale}", scale=scale))
+axes[0, 0].set_ylabel(tr("negative prompt:\n(none)"))
+axes[1, 0].set_ylabel(tr('negative prompt:\n"{negative}"', negative=negative), fontsize=8)
+grid.suptitle(tr('"{prompt}", seed {seed}, {steps} steps', prompt=prompt, seed=seed, steps=steps))
 ax = plot.subplots()
 for name, values in changes.items():
-    ax.plot(scales, values, "o-", label=f'negative: "{name}"' if name else "no negative prompt")
-ax.set_xlabel("guidance scale s")
-ax.set_ylabel("RMS change from the image at s = 1")
-ax.set_title("The change grows with guidance")
+    ax.plot(scales, values, "o-", label=tr('negative: "{name}"', name=name) if name else tr("no negative prompt"))
+ax.set_xlabel(tr("guidance scale s"))
+ax.set_ylabel(tr("RMS change from the image at s = 1"))
+ax.set_title(tr("The change grows with guidance"))
 ax.legend(fontsize=8)
 ax.grid(alpha=0.3)
 common.save_figure(fig, args, "08_guidance")

@@ -22,6 +22,7 @@ import numpy as np
 import common
 
 args = common.options("Chapter 9: image to image at several strengths")
+tr = args.tr
 pipe = common.load_model(args)
 size = pipe.default_size
 source_caption = common.shapes.caption("red", "circle", "white")
@@ -54,19 +55,21 @@ fig = plt.figure(figsize=(12, 3.6), layout="constrained")
 row, plot = fig.subfigures(1, 2, width_ratios=[2.4, 1])
 axes = row.subplots(1, len(strengths) + 1)
 axes[0].imshow(source)
-axes[0].set_title("input picture", fontsize=10)
+axes[0].set_title(tr("input picture"), fontsize=10)
 for ax, strength, output, count in zip(axes[1:], strengths, outputs, steps_run):
     ax.imshow(output)
-    ax.set_title(f"strength {strength}\n{count} of {steps} steps", fontsize=10)
+    ax.set_title(
+        tr("strength {strength}\n{count} of {steps} steps", strength=strength, count=count, steps=steps), fontsize=10
+    )
 for ax in axes:
     ax.set_xticks([])
     ax.set_yticks([])
-row.suptitle(f'Input: "{source_caption}"; prompt: "{prompt}"', fontsize=10)
+row.suptitle(tr('Input: "{source}"; prompt: "{prompt}"', source=source_caption, prompt=prompt), fontsize=10)
 ax = plot.subplots()
 ax.plot(strengths, distances, "o-")
-ax.set_xlabel("strength")
-ax.set_ylabel("RMS distance from the input")
-ax.set_title("Higher strength, further from the input", fontsize=10)
+ax.set_xlabel(tr("strength"))
+ax.set_ylabel(tr("RMS distance from the input"))
+ax.set_title(tr("Higher strength, further from the input"), fontsize=10)
 ax.grid(alpha=0.3)
 common.save_figure(fig, args, "09_img2img")
 

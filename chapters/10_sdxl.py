@@ -35,6 +35,7 @@ from minisd.unet import UNet2DConditionModel, UNetConfig, timestep_embedding
 from minisd.vae import AutoencoderKL, VAEConfig
 
 args = common.options("Chapter 10: what SDXL changes, from the configs and on a small random SDXL")
+tr = args.tr
 prompt = "a red circle on a white background"
 
 
@@ -77,37 +78,41 @@ for name, preset in models.items():
 # Figure 1: parameters per component, and transformer layers per level
 fig, (left, right, table) = plt.subplots(1, 3, figsize=(13, 4), layout="constrained", width_ratios=[1.2, 1, 1.2])
 components = ["text encoder", "text encoder 2", "UNet", "VAE"]
+component_labels = [tr("text\nencoder"), tr("text\nencoder 2"), tr.literal("UNet"), tr.literal("VAE")]
 for offset, (name, colour) in zip((-0.2, 0.2), zip(models, ("tab:blue", "tab:orange"))):
     values = [counts[name].get(component, 0) / 1e6 for component in components]
-    bars = left.bar(np.arange(len(components)) + offset, values, 0.4, label=name, color=colour)
+    bars = left.bar(np.arange(len(components)) + offset, values, 0.4, label=tr.literal(name), color=colour)
     left.bar_label(bars, [f"{v:.0f}" if v else "" for v in values], fontsize=8)
-left.set_xticks(range(len(components)), [name.replace(" ", "\n", 1) for name in components], fontsize=9)
-left.set_ylabel("parameters (millions)")
-left.set_title("Parameters per component")
+left.set_xticks(range(len(components)), component_labels, fontsize=9)
+left.set_ylabel(tr("parameters (millions)"))
+left.set_title(tr("Parameters per component"))
 left.legend()
 for offset, (name, colour) in zip((-0.2, 0.2), zip(models, ("tab:blue", "tab:orange"))):
-    bars = right.bar(np.arange(len(depths[name])) + offset, depths[name], 0.4, label=name, color=colour)
+    bars = right.bar(np.arange(len(depths[name])) + offset, depths[name], 0.4, label=tr.literal(name), color=colour)
     right.bar_label(bars, fontsize=8)
-right.set_xticks(range(4), [f"level {i}" for i in range(4)], fontsize=9)
-right.set_ylabel("transformer layers after each ResNet")
-right.set_title("Attention moves to the small latents\n(0: no attention; SDXL has 3 levels)")
+right.set_xticks(range(4), [tr("level {i}", i=i) for i in range(4)], fontsize=9)
+right.set_ylabel(tr("transformer layers after each ResNet"))
+right.set_title(tr("Attention moves to the small latents\n(0: no attention; SDXL has 3 levels)"))
 right.legend()
 rows = [
-    ("text vectors", *(f"77 × {p['unet']['cross_attention_dim']}" for p in models.values())),
-    ("added inputs", "none", "pooled 1280 + 6 time ids"),
-    ("latents", *(f"4 × {p['unet']['sample_size']} × {p['unet']['sample_size']}" for p in models.values())),
-    ("pixels", *(f"3 × {p['image_size']} × {p['image_size']}" for p in models.values())),
-    ("VAE scaling", "0.18215", str(SDXL["vae"]["scaling_factor"])),
+    (tr("text vectors"), *(f"77 × {p['unet']['cross_attention_dim']}" for p in models.values())),
+    (tr("added inputs"), tr("none"), tr("pooled 1280 + 6 time ids")),
+    (tr("latents"), *(f"4 × {p['unet']['sample_size']} × {p['unet']['sample_size']}" for p in models.values())),
+    (tr("pixels"), *(f"3 × {p['image_size']} × {p['image_size']}" for p in models.values())),
+    (tr("VAE scaling"), "0.18215", str(SDXL["vae"]["scaling_factor"])),
 ]
 table.axis("off")
 cells = table.table(
-    cellText=[row[1:] for row in rows], rowLabels=[row[0] for row in rows], colLabels=list(models), loc="center"
+    cellText=[row[1:] for row in rows],
+    rowLabels=[row[0] for row in rows],
+    colLabels=[tr.literal(name) for name in models],
+    loc="center",
 )
 cells.auto_set_font_size(False)
 cells.set_fontsize(9)
 cells.scale(1, 1.8)
-table.set_title("What the UNet reads and writes")
-fig.suptitle("SD 1.5 and SDXL base 1.0, counted from their configurations", fontsize=12)
+table.set_title(tr("What the UNet reads and writes"))
+fig.suptitle(tr("SD 1.5 and SDXL base 1.0, counted from their configurations"), fontsize=12)
 common.save_figure(fig, args, "10_sdxl_sizes")
 
 # %%
@@ -177,21 +182,25 @@ sinusoids = timestep_embedding(added["time_ids"][0], SMALL["unet"]["addition_tim
 fig, axes = plt.subplots(1, 3, figsize=(13, 4), layout="constrained", width_ratios=[1.4, 1, 1])
 image = axes[0].imshow(context[0].T, aspect="auto", cmap="RdBu_r", interpolation="nearest")
 axes[0].axhline(first_width - 0.5, color="black", linewidth=2)
-axes[0].set_xlabel("token (77)")
-axes[0].set_ylabel("vector component")
-axes[0].set_title(f"Text vectors: encoder 1 (rows 0–{first_width - 1}) over encoder 2")
-fig.colorbar(image, ax=axes[0], label="value")
+axes[0].set_xlabel(tr("token (77)"))
+axes[0].set_ylabel(tr("vector component"))
+axes[0].set_title(tr("Text vectors: encoder 1 (rows 0–{last}) over encoder 2", last=first_width - 1))
+fig.colorbar(image, ax=axes[0], label=tr("value"))
 image = axes[1].imshow(sinusoids, aspect="auto", cmap="RdBu_r", interpolation="nearest", vmin=-1, vmax=1)
-labels = ["original h", "original w", "crop top", "crop left", "target h", "target w"]
-axes[1].set_yticks(range(6), [f"{name} = {value:.0f}" for name, value in zip(labels, added["time_ids"][0])], fontsize=8)
-axes[1].set_xlabel("embedding component (cos | sin)")
-axes[1].set_title("Six time ids, each as a sinusoid")
-fig.colorbar(image, ax=axes[1], label="value")
+labels = [tr("original h"), tr("original w"), tr("crop top"), tr("crop left"), tr("target h"), tr("target w")]
+axes[1].set_yticks(
+    range(6), [tr.literal(f"{name} = {value:.0f}") for name, value in zip(labels, added["time_ids"][0])], fontsize=8
+)
+axes[1].set_xlabel(tr("embedding component (cos | sin)"))
+axes[1].set_title(tr("Six time ids, each as a sinusoid"))
+fig.colorbar(image, ax=axes[1], label=tr("value"))
 axes[2].plot(crops, changes, "o-")
-axes[2].set_xlabel("crop top (pixels)")
-axes[2].set_ylabel("relative change of the added embedding")
-axes[2].set_title("Asking for a crop changes what\nevery ResNet block reads")
-fig.suptitle(f'SDXL\'s conditioning on a small random SDXL-shaped model, prompt "{prompt}"', fontsize=12)
+axes[2].set_xlabel(tr("crop top (pixels)"))
+axes[2].set_ylabel(tr("relative change of the added embedding"))
+axes[2].set_title(tr("Asking for a crop changes what\nevery ResNet block reads"))
+fig.suptitle(
+    tr('SDXL\'s conditioning on a small random SDXL-shaped model, prompt "{prompt}"', prompt=prompt), fontsize=12
+)
 common.save_figure(fig, args, "10_sdxl_conditioning")
 
 # %%

@@ -42,6 +42,7 @@ from minisd.schedulers import SCHEDULERS, make_scheduler
 from minisd.watch import clean_and_noise
 
 args = common.options("Chapter 11: every scheduler at several step counts; the negative prompt as a direction")
+tr = args.tr
 pipe = common.load_model(args)
 prompt = "a purple circle on a white background"
 negative = "a blue circle on a white background"
@@ -82,17 +83,27 @@ for row, (name, runs) in enumerate(results.items()):
         ax = axes[row, column]
         ax.set_xticks([])
         ax.set_yticks([])
-        header = f"{counts[column]} steps\n" if row == 0 else ""
+        header = tr("{count} steps", count=counts[column]) + "\n" if row == 0 else ""
         if picture is None:
-            reason = "the model's zero-SNR\nschedule" if "zero_snr" in distance else distance[:40]
-            ax.text(0.5, 0.5, "refused:\n" + reason, ha="center", va="center", fontsize=8)
+            reason = tr("the model's zero-SNR\nschedule") if "zero_snr" in distance else tr.literal(distance[:40])
+            ax.text(0.5, 0.5, tr("refused:") + "\n" + reason, ha="center", va="center", fontsize=8)
             ax.set_facecolor("0.92")
             ax.set_title(header, fontsize=9)
         else:
             ax.imshow(picture)
-            ax.set_title(f"{header}{seconds:.2f} s, distance {distance:.3f}", fontsize=7 if not header else 8)
-    axes[row, 0].set_ylabel(name + ("\n(the model's)" if name == own else ""), fontsize=9)
-fig.suptitle(f'"{prompt}", seed {seed}, guidance {guidance}\ndistance: RMS to the 100-step {own} picture', fontsize=9)
+            score = tr("{seconds:.2f} s, distance {distance:.3f}", seconds=seconds, distance=distance)
+            ax.set_title(header + score, fontsize=7 if not header else 8)
+    axes[row, 0].set_ylabel(tr.literal(name) + ("\n" + tr("(the model's)") if name == own else ""), fontsize=9)
+fig.suptitle(
+    tr(
+        '"{prompt}", seed {seed}, guidance {guidance}\ndistance: RMS to the 100-step {own} picture',
+        prompt=prompt,
+        seed=seed,
+        guidance=guidance,
+        own=own,
+    ),
+    fontsize=9,
+)
 common.save_figure(fig, args, "11_samplers")
 
 # %%
@@ -101,13 +112,13 @@ fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
 for name, runs in results.items():
     done = [(count, distance) for count, (picture, _, distance) in zip(counts, runs) if picture is not None]
     if done:
-        ax.plot(*zip(*done), "o-", label=name)
+        ax.plot(*zip(*done), "o-", label=tr.literal(name))
 ax.set_xscale("log")
 ax.set_xticks(counts, [str(c) for c in counts])
 ax.minorticks_off()
-ax.set_xlabel("denoising steps (log scale)")
-ax.set_ylabel("RMS distance to the 100-step picture (pixels in [0, 1])")
-ax.set_title("Distance to the 100-step picture (DDIM and Euler coincide, so do DDPM and Euler a)", fontsize=10)
+ax.set_xlabel(tr("denoising steps (log scale)"))
+ax.set_ylabel(tr("RMS distance to the 100-step picture (pixels in [0, 1])"))
+ax.set_title(tr("Distance to the 100-step picture (DDIM and Euler coincide, so do DDPM and Euler a)"), fontsize=10)
 ax.legend(fontsize=8, ncol=2)
 ax.grid(alpha=0.3)
 common.save_figure(fig, args, "11_sampler_distances")
@@ -128,10 +139,10 @@ sample = scheduler.scale_model_input(run[index - 1].latents, t)  # the latents e
 texts = {"empty": "", "negative": negative, "prompt": prompt}
 eps = {name: pipe.predict_noise(sample, t, pipe.encode_prompt(text, guidance=1), 1) for name, text in texts.items()}
 direction = eps["prompt"] - eps["negative"]  # where the prompt differs from the negative prompt
-predictions = {
-    "prompt alone (s = 1)": eps["prompt"],
-    f'guided away from "" (s = {scale:g})': eps["empty"] + scale * (eps["prompt"] - eps["empty"]),
-    f"guided along the direction (s = {scale:g})": eps["prompt"] + (scale - 1) * direction,
+predictions = {  # label -> the noise prediction whose x̂₀ is shown
+    "prompt alone": eps["prompt"],
+    "guided away from the empty text": eps["empty"] + scale * (eps["prompt"] - eps["empty"]),
+    "guided along the direction": eps["prompt"] + (scale - 1) * direction,
 }
 pictures = {
     label: common.pixels(pipe.decode(clean_and_noise(scheduler, index, steps, sample, output)[0]))
@@ -150,22 +161,36 @@ for label, rgb in colours.items():
 fig = plt.figure(figsize=(13, 3.8), layout="constrained")
 row, plot = fig.subfigures(1, 2, width_ratios=[3.2, 1])
 axes = row.subplots(1, len(colours))
-for k, (ax, (label, picture)) in enumerate(zip(axes, {**pictures, **finals}.items())):
+titles = [
+    tr("1. prompt alone\n(s = 1)"),
+    tr('2. guided away from ""\n(s = {scale:g})', scale=scale),
+    tr("3. guided along the direction\n(s = {scale:g})", scale=scale),
+    tr('4. final, negative ""'),
+    tr("5. final, negative blue"),
+]
+for ax, title, picture in zip(axes, titles, {**pictures, **finals}.values()):
     ax.imshow(picture)
-    ax.set_title(f"{k + 1}. " + label.replace(" (", "\n("), fontsize=8)
+    ax.set_title(title, fontsize=8)
     ax.set_xticks([])
     ax.set_yticks([])
 row.suptitle(
-    f'x̂₀ at step {index + 1} of {steps} (t = {int(t)}), then the finished pictures; negative: "{negative}"', fontsize=9
+    tr(
+        'x̂₀ at step {step} of {steps} (t = {t}), then the finished pictures; negative: "{negative}"',
+        step=index + 1,
+        steps=steps,
+        t=int(t),
+        negative=negative,
+    ),
+    fontsize=9,
 )
 ax = plot.subplots()
 positions = np.arange(len(colours))
-for offset, (channel, colour) in zip((-0.2, 0.2), ((0, "tab:red"), (2, "tab:blue"))):
-    ax.bar(positions + offset, [rgb[channel] for rgb in colours.values()], 0.4, color=colour, label=colour[4:])
+for offset, (channel, colour, label) in zip((-0.2, 0.2), ((0, "tab:red", tr("red")), (2, "tab:blue", tr("blue")))):
+    ax.bar(positions + offset, [rgb[channel] for rgb in colours.values()], 0.4, color=colour, label=label)
 ax.set_xticks(positions, [f"{k + 1}" for k in range(len(colours))])
-ax.set_xlabel("picture (left to right)")
-ax.set_ylabel("mean over the picture (0..1)")
-ax.set_title("Red and blue in each picture", fontsize=10)
+ax.set_xlabel(tr("picture (left to right)"))
+ax.set_ylabel(tr("mean over the picture (0..1)"))
+ax.set_title(tr("Red and blue in each picture"), fontsize=10)
 ax.set_ylim(0, 1.05)
 ax.legend(fontsize=8)
 common.save_figure(fig, args, "11_negative_direction")
