@@ -66,13 +66,13 @@ for name, seconds in times.items():
 # The figure: three boxes and the tensors between them, with the measured shapes and times
 def box(ax, x, width, title, detail):
     ax.add_patch(FancyBboxPatch((x, 0.12), width, 0.74, boxstyle="round,pad=0.005", fc="#dde8f5", ec="#2a5d9f"))
-    ax.text(x + width / 2, 0.8, title, ha="center", va="center", fontsize=11, weight="bold")
+    ax.text(x + width / 2, 0.8, title, ha="center", va="center", fontsize=10.5, weight="bold")
     ax.text(x + width / 2, 0.7, detail, ha="center", va="center", fontsize=9)
 
 
 def arrow(ax, x0, x1, label):
     ax.annotate("", (x1, 0.45), (x0, 0.45), arrowprops={"arrowstyle": "-|>", "lw": 1.5})
-    ax.text((x0 + x1) / 2, 0.42, label, ha="center", va="top", fontsize=8.5)
+    ax.text((x0 + x1) / 2, 0.42, label, ha="center", va="top", fontsize=8)
 
 
 def image_axes(fig, x, y, height, data, title, **style):
@@ -102,8 +102,8 @@ ax.text(
     va="center",
     fontsize=9,
 )
-arrow(ax, 0.125, 0.19, tr("token ids") + "\n" + tr.literal(common.shape(shapes["token ids"][1:])))
-box(ax, 0.19, 0.14, tr("Text encoder"), tr("CLIP text transformer\n{ms:.0f} ms", ms=times["text encoder"] * 1000))
+arrow(ax, 0.125, 0.175, tr("token ids") + "\n" + tr.literal(common.shape(shapes["token ids"][1:])))
+box(ax, 0.175, 0.155, tr("Text encoder"), tr("CLIP text transformer\n{ms:.0f} ms", ms=times["text encoder"] * 1000))
 arrow(ax, 0.33, 0.42, tensor(tr("token embeddings"), "token embeddings"))
 box(
     ax,
@@ -116,16 +116,16 @@ mosaic = common.channel_mosaic
 image_axes(fig, 0.437, 0.17, 0.36, mosaic(first_latents[0]), tr("latents after step 1"), cmap="gray")
 image_axes(fig, 0.557, 0.17, 0.36, mosaic(common.host(pipe, latents)[0]), tr("after step {n}", n=steps), cmap="gray")
 ax.text(0.54, 0.13, tr("(the 4 latent channels tiled 2 × 2)"), ha="center", va="bottom", fontsize=7)
-arrow(ax, 0.66, 0.765, tensor(tr("latents"), "latents"))
+arrow(ax, 0.66, 0.76, tensor(tr("latents"), "latents"))
 box(
     ax,
-    0.765,
-    0.11,
+    0.76,
+    0.125,
     tr("Image decoder"),
     tr("the autoencoder's\ndecoder, {ms:.0f} ms", ms=times["image decoder"] * 1000),
 )
-arrow(ax, 0.875, 0.888, "")
-image_axes(fig, 0.888, 0.3, 0.3, common.pixels(picture), tensor(tr("image"), "image"))
+arrow(ax, 0.885, 0.9, "")
+image_axes(fig, 0.9, 0.3, 0.3, common.pixels(picture), tensor(tr("image"), "image"))
 common.save_figure(fig, args, "01_components")
 
 common.save_facts(

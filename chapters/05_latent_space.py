@@ -165,7 +165,7 @@ for offset, (key, label, colour) in zip(
 ):
     values = [speed[name][key] / 1e9 for name in names]
     bars = left.bar(np.arange(len(names)) + offset, values, 0.4, label=label, color=colour)
-    left.bar_label(bars, [tr.literal(f"{v:,.1f}" if v < 100 else f"{v:,.0f}") for v in values], fontsize=8)
+    left.bar_label(bars, [tr.number(v, ",.1f" if v < 100 else ",.0f") for v in values], fontsize=8)
 left.set_yscale("log")
 model_name = {"embedded model": tr("embedded model"), "SD 1.5": tr.literal("SD 1.5")}
 sides = [

@@ -184,7 +184,7 @@ image = axes[0].imshow(context[0].T, aspect="auto", cmap="RdBu_r", interpolation
 axes[0].axhline(first_width - 0.5, color="black", linewidth=2)
 axes[0].set_xlabel(tr("token (77)"))
 axes[0].set_ylabel(tr("vector component"))
-axes[0].set_title(tr("Text vectors: encoder 1 (rows 0–{last}) over encoder 2", last=first_width - 1))
+axes[0].set_title(tr("Text vectors: encoder 1\n(rows 0–{last}) over encoder 2", last=first_width - 1))
 fig.colorbar(image, ax=axes[0], label=tr("value"))
 image = axes[1].imshow(sinusoids, aspect="auto", cmap="RdBu_r", interpolation="nearest", vmin=-1, vmax=1)
 labels = [tr("original h"), tr("original w"), tr("crop top"), tr("crop left"), tr("target h"), tr("target w")]
@@ -197,7 +197,7 @@ fig.colorbar(image, ax=axes[1], label=tr("value"))
 axes[2].plot(crops, changes, "o-")
 axes[2].set_xlabel(tr("crop top (pixels)"))
 axes[2].set_ylabel(tr("relative change of the added embedding"))
-axes[2].set_title(tr("Asking for a crop changes what\nevery ResNet block reads"))
+axes[2].set_title(tr("Asking for a crop changes what\nevery ResNet block reads"), fontsize=10)
 fig.suptitle(
     tr('SDXL\'s conditioning on a small random SDXL-shaped model, prompt "{prompt}"', prompt=prompt), fontsize=12
 )

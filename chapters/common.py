@@ -14,7 +14,9 @@ Opened as a notebook (Jupyter through jupytext, VS Code), a chapter takes the de
 import argparse
 import io
 import json
+import numbers
 import re
+import string
 import sys
 import time
 from contextlib import contextmanager
@@ -66,12 +68,16 @@ class Words:
         self.shown = set()  # every line handed out, for save_figure's check
 
     def __call__(self, english, **values):
-        template = english
-        if self.lang == "fr":
-            if english not in FRENCH:
-                raise KeyError(f"chapters/french.py has no French for {english!r}: add it to FRENCH")
-            template = FRENCH[english]
-        return self.literal(template.format(**values))
+        if self.lang == "en":
+            return self.literal(english.format(**values))
+        if english not in FRENCH:
+            raise KeyError(f"chapters/french.py has no French for {english!r}: add it to FRENCH")
+        return self.literal(FrenchNumbers().format(FRENCH[english], **values))
+
+    def number(self, value, spec=""):
+        """A number alone, written as the language writes it (French: 3,14 and 1 090 231)."""
+        formatter = FrenchNumbers() if self.lang == "fr" else string.Formatter()
+        return self.literal(formatter.format_field(value, spec))
 
     def literal(self, text):
         text = str(text)
@@ -82,6 +88,17 @@ class Words:
         """The lines of words in a drawn figure that came through neither tr() nor tr.literal()."""
         lines = {line for text in fig.findobj(matplotlib.text.Text) for line in text.get_text().splitlines()}
         return sorted(line for line in lines if has_words(line) and line not in self.shown)
+
+
+class FrenchNumbers(string.Formatter):
+    """Fills a template in as French writes numbers: a decimal comma, a thin space between thousands
+    (3.14 -> 3,14; 1,090,231 -> 1 090 231)."""
+
+    def format_field(self, value, spec):
+        text = super().format_field(value, spec)
+        if isinstance(value, numbers.Number) and not isinstance(value, bool):
+            text = text.replace(",", "\u202f").replace(".", ",")
+        return text
 
 
 def has_words(line):

@@ -9,15 +9,143 @@ glossary in README.fr.md: « plongement » for embedding, « ordonnanceur » for
 
 FRENCH = {
     # --- more than one chapter
+    "latents": "latents",
+    "value": "valeur",
     # --- 01_components
+    "Stable Diffusion: three components run one after the other": "Stable Diffusion : trois composants exécutés "
+    "l'un après l'autre",
+    "prompt:": "prompt :",
+    "token ids": "identifiants\ndes jetons",
+    "Text encoder": "Encodeur de texte",
+    "CLIP text transformer\n{ms:.0f} ms": "transformer de texte de CLIP\n{ms:.0f} ms",
+    "token embeddings": "plongements\ndes jetons",
+    "Image information creator": "Créateur d'informations d'image",
+    "UNet + scheduler, {steps} steps\n{s:.2f} s": "UNet + ordonnanceur, {steps} étapes\n{s:.2f} s",
+    "latents after step 1": "latents après l'étape 1",
+    "after step {n}": "après l'étape {n}",
+    "(the 4 latent channels tiled 2 × 2)": "(les 4 canaux latents en mosaïque 2 × 2)",
+    "Image decoder": "Décodeur d'image",
+    "the autoencoder's\ndecoder, {ms:.0f} ms": "décodeur de\nl'autoencodeur\n{ms:.0f} ms",
+    "image": "image",
+    "(SD 1.5: {shape})": "(SD 1.5 : {shape})",
     # --- 02_text_encoder
+    "<start>": "<début>",
+    "<end>": "<fin>",
+    "<pad>": "<remplissage>",
+    "dimension of the token's vector (0 … {last})": "composante du vecteur du jeton (0 … {last})",
+    "token (BPE piece and its id)": "jeton (morceau BPE et son identifiant)",
+    '"{prompt}": one {width}-number vector per token (SD 1.5: {article})\n'
+    "the first {shown} of the {tokens} rows the UNet receives": "« {prompt} » : un vecteur de {width} nombres "
+    "par jeton (SD 1.5 : {article})\nles {shown} premières des {tokens} lignes que reçoit le UNet",
+    "Cosine similarity of the prompts' end-of-text vectors\n(prompt / background)": "Similarité cosinus des vecteurs "
+    "de fin de texte des prompts\n(prompt / fond)",
+    "cosine similarity": "similarité cosinus",
     # --- 03_diffusion_steps
     # --- 04_training_examples
     # --- 05_latent_space
+    "picture": "image",
+    "latent channel {c}": "canal latent {c}",
+    "decoded": "décodée",
+    "|difference|\n0 … 0.25": "|différence|\n0 … 0,25",
+    "PSNR {score:.1f} dB": "PSNR {score:.1f} dB",
+    "latent value": "valeur latente",
+    "The autoencoder: a {image} picture becomes {latents} latents ({compression:.0f}× fewer numbers; "
+    "SD 1.5: {article_image} → {article_latents}); the decoder paints it back": "L'autoencodeur : une image "
+    "{image} devient des latents {latents} ({compression:.0f}× moins de nombres ; SD 1.5 : {article_image} → "
+    "{article_latents}) ; le décodeur la repeint",
+    "on latents": "sur les latents",
+    "on pixels": "sur les pixels",
+    "embedded model": "modèle embarqué",
+    "{latent}² latents / {pixel}² pixels": "latents {latent}² / pixels {pixel}²",
+    "GFLOP per step with guidance (log scale)": "GFLOP par étape avec guidage (échelle log)",
+    "Work of one UNet step": "Travail d'une étape du UNet",
+    "{v:.2g} s": "{v:.2g} s",
+    "{h:.0f} h": "{h:.0f} h",
+    "embedded model\n(both timed)": "modèle embarqué\n(les deux chronométrés)",
+    "SD 1.5\n(its FLOPs at {rate:.0f} GFLOP/s, this CPU's rate)": "SD 1.5\n(ses FLOP à {rate:.0f} GFLOP/s, "
+    "le débit de ce CPU)",
+    "seconds per step (log scale)": "secondes par étape (échelle log)",
+    "Time of one UNet step on this CPU": "Durée d'une étape du UNet sur ce CPU",
+    "The speed boost: the same UNet on latents and on the picture's pixels (3 channels in and out)": "Le gain de "
+    "vitesse : le même UNet sur les latents et sur les pixels de l'image (3 canaux en entrée et en sortie)",
     # --- 06_clip_training
     # --- 07_unet
     # --- 08_guidance
+    "guidance {scale}": "guidage {scale}",
+    "negative prompt:\n(none)": "prompt négatif :\n(aucun)",
+    'negative prompt:\n"{negative}"': "prompt négatif :\n« {negative} »",
+    '"{prompt}", seed {seed}, {steps} steps': "« {prompt} », graine {seed}, {steps} étapes",
+    'negative: "{name}"': "négatif : « {name} »",
+    "no negative prompt": "pas de prompt négatif",
+    "guidance scale s": "échelle de guidage s",
+    "RMS change from the image at s = 1": "écart RMS à l'image à s = 1",
+    "The change grows with guidance": "L'écart grandit avec le guidage",
     # --- 09_img2img
+    "input picture": "image d'entrée",
+    "strength {strength}\n{count} of {steps} steps": "force {strength}\n{count} étapes sur {steps}",
+    'Input: "{source}"; prompt: "{prompt}"': "Entrée : « {source} » ; prompt : « {prompt} »",
+    "strength": "force",
+    "RMS distance from the input": "distance RMS à l'entrée",
+    "Higher strength, further from the input": "Plus la force est grande, plus on s'éloigne de l'entrée",
     # --- 10_sdxl
+    "text\nencoder": "encodeur\nde texte",
+    "text\nencoder 2": "encodeur\nde texte 2",
+    "parameters (millions)": "paramètres (millions)",
+    "Parameters per component": "Paramètres par composant",
+    "level {i}": "niveau {i}",
+    "transformer layers after each ResNet": "couches de transformer après chaque ResNet",
+    "Attention moves to the small latents\n(0: no attention; SDXL has 3 levels)": "L'attention passe aux petits "
+    "latents\n(0 : pas d'attention ; SDXL a 3 niveaux)",
+    "text vectors": "vecteurs du texte",
+    "added inputs": "entrées ajoutées",
+    "none": "aucune",
+    "pooled 1280 + 6 time ids": "vecteur résumé 1280 + 6 time ids",
+    "pixels": "pixels",
+    "VAE scaling": "facteur d'échelle du VAE",
+    "What the UNet reads and writes": "Ce que le UNet lit et écrit",
+    "SD 1.5 and SDXL base 1.0, counted from their configurations": "SD 1.5 et SDXL base 1.0, comptés d'après "
+    "leurs configurations",
+    "token (77)": "jeton (77)",
+    "vector component": "composante du vecteur",
+    "Text vectors: encoder 1\n(rows 0–{last}) over encoder 2": "Vecteurs du texte : encodeur 1\n(lignes 0–{last}) "
+    "au-dessus de l'encodeur 2",
+    "original h": "h d'origine",
+    "original w": "l d'origine",
+    "crop top": "recadrage haut",
+    "crop left": "recadrage gauche",
+    "target h": "h visée",
+    "target w": "l visée",
+    "embedding component (cos | sin)": "composante du plongement (cos | sin)",
+    "Six time ids, each as a sinusoid": "Six time ids, chacun en sinusoïde",
+    "crop top (pixels)": "recadrage en haut (pixels)",
+    "relative change of the added embedding": "variation relative du plongement ajouté",
+    "Asking for a crop changes what\nevery ResNet block reads": "Un recadrage demandé change\nce que lit "
+    "chaque bloc ResNet",
+    'SDXL\'s conditioning on a small random SDXL-shaped model, prompt "{prompt}"': "Le conditionnement de SDXL "
+    "sur un petit modèle aléatoire de forme SDXL, prompt « {prompt} »",
     # --- 11_samplers
+    "{count} steps": "{count} étapes",
+    "the model's zero-SNR\nschedule": "le calendrier à SNR nul\ndu modèle",
+    "refused:": "refusé :",
+    "{seconds:.2f} s, distance {distance:.3f}": "{seconds:.2f} s, distance {distance:.3f}",
+    "(the model's)": "(celui du modèle)",
+    '"{prompt}", seed {seed}, guidance {guidance}\ndistance: RMS to the 100-step {own} picture': "« {prompt} », "
+    "graine {seed}, guidage {guidance}\ndistance : RMS à l'image {own} en 100 étapes",
+    "denoising steps (log scale)": "étapes de débruitage (échelle log)",
+    "RMS distance to the 100-step picture (pixels in [0, 1])": "distance RMS à l'image en 100 étapes "
+    "(pixels dans [0, 1])",
+    "Distance to the 100-step picture (DDIM and Euler coincide, so do DDPM and Euler a)": "Distance à l'image en "
+    "100 étapes (DDIM et Euler coïncident, DDPM et Euler a aussi)",
+    "1. prompt alone\n(s = 1)": "1. le prompt seul\n(s = 1)",
+    '2. guided away from ""\n(s = {scale:g})': "2. guidé loin de « »\n(s = {scale:g})",
+    "3. guided along the direction\n(s = {scale:g})": "3. guidé le long de la direction\n(s = {scale:g})",
+    '4. final, negative ""': "4. finale, négatif « »",
+    "5. final, negative blue": "5. finale, négatif bleu",
+    'x̂₀ at step {step} of {steps} (t = {t}), then the finished pictures; negative: "{negative}"': "x̂₀ à l'étape "
+    "{step} sur {steps} (t = {t}), puis les images finies ; négatif : « {negative} »",
+    "red": "rouge",
+    "blue": "bleu",
+    "picture (left to right)": "image (de gauche à droite)",
+    "mean over the picture (0..1)": "moyenne sur l'image (0..1)",
+    "Red and blue in each picture": "Rouge et bleu dans chaque image",
 }
