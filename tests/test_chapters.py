@@ -4,12 +4,14 @@ numbers it computed to a JSON file beside its figures; every fact is checked her
 closed form or this test's own computation with minisd and NumPy, not taken from the JSON alone.
 """
 
+import inspect
 import itertools
 import json
 import math
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from PIL import Image
 
 import minisd
 from minisd.clip_image import load_clip
+from minisd.pipeline import Pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "weights" / "training"))
@@ -29,7 +32,7 @@ FOLDER = minisd.default_model_folder()
 FIGURES = {
     "01_components": {"01_components": (1200, 360)},
     "02_text_encoder": {"02_tokens": (1200, 450), "02_similarity": (800, 650)},
-    "03_diffusion_steps": {"03_diffusion_steps": (1200, 465)},
+    "03_diffusion_steps": {"03_diffusion_steps": (1200, 720), "03_one_step": (1200, 800)},
     "04_training_examples": {"04_training_examples": (1200, 1250), "04_noise_prediction_error": (1200, 420)},
     "05_latent_space": {"05_latent_space": (1300, 510), "05_speed": (1200, 400)},
     "06_clip_training": {"06_clip_similarity": (1300, 660)},
@@ -126,17 +129,83 @@ def test_text_encoder_pieces_spell_the_prompt_and_similarities_are_cosines(chapt
     np.testing.assert_allclose(np.diag(similarity), 1, atol=1e-5)
 
 
-def test_decoded_steps_approach_the_final_picture(chapter, pipe):
+def denoised(pipe, facts):
+    """The chapter's run, made here: its prompt and step count, from the random latents x_T its seed
+    draws, (1, 4, h, w). Returns x_T and the pipeline's steps."""
+    x_T = np.random.default_rng(facts["seed"]).standard_normal((1, *facts["sizes"][pipe.name]["latents"]), np.float32)
+    return x_T, list(pipe.denoise(facts["prompt"], steps=facts["steps"], latents=x_T))
+
+
+def test_every_step_splits_into_a_clean_picture_and_noise_ddim_keeps_the_picture(chapter, pipe):
+    """Each step's prediction read as x_t = √ᾱ·x̂₀ + √(1 − ᾱ)·ε̂ (closed form for v-prediction); DDIM's
+    next latents are √ᾱ'·x̂₀ + √(1 − ᾱ')·ε̂ at t' = t − T // steps; the chapter's distances and
+    cosines are these."""
     facts = chapter("03_diffusion_steps")
-    frames = [
-        pixels(pipe.decode(step.latents))
-        for step in pipe.denoise(facts["prompt"], steps=facts["steps"], seed=facts["seed"])
-    ]
-    distances = [rms(frame, frames[-1]) for frame in frames]
-    np.testing.assert_allclose(facts["distances"], distances, atol=1e-4)
-    later = distances[len(distances) // 2 :]
-    assert all(a > b for a, b in itertools.pairwise(later)), distances  # the second half only gets closer
-    assert distances[0] > later[0] and later[-1] == 0
+    schedule, unet = config("scheduler/scheduler_config.json"), config("unet/config.json")
+    defaults = config("minisd.json")["defaults"]
+    factor = 2 ** (len(config("vae/config.json")["block_out_channels"]) - 1)
+    assert facts["sizes"] == {
+        pipe.name: {
+            "token embeddings": [77, config("text_encoder/config.json")["hidden_size"]],
+            "latents": [unet["in_channels"], defaults["height"] // factor, defaults["width"] // factor],
+            "image": [3, defaults["height"], defaults["width"]],
+        },
+        "SD 1.5": {"token embeddings": [77, 768], "latents": [4, 64, 64], "image": [3, 512, 512]},
+    }
+    assert schedule["_class_name"] == "DDIMScheduler" and schedule["timestep_spacing"] == "trailing"
+    assert schedule["prediction_type"] == "v_prediction" and not schedule["set_alpha_to_one"]
+    x_T, run = denoised(pipe, facts)
+    T, steps = schedule["num_train_timesteps"], facts["steps"]
+    timesteps = np.round(np.arange(T, 0, -T / steps)).astype(int) - 1  # "trailing": 999, … down to T/steps − 1
+    assert facts["timesteps"] == [step.timestep for step in run] == timesteps.tolist()
+    alpha_bar = alpha_bar_closed_form(schedule)
+    a = alpha_bar[timesteps]
+    np.testing.assert_allclose(facts["alpha_bars"], a, rtol=1e-4, atol=1e-6)
+    x = np.concatenate([x_T, *(step.latents for step in run[:-1])]).astype(np.float64)  # DDIM's UNet sees x_t itself
+    v = np.concatenate([step.noise_pred for step in run]).astype(np.float64)  # the guided output, (steps, 4, h, w)
+    root_a, root_b = np.sqrt(a)[:, None, None, None], np.sqrt(1 - a)[:, None, None, None]
+    x0, eps = root_a * x - root_b * v, root_a * v + root_b * x  # v = √ᾱ·ε − √(1 − ᾱ)·x₀, x = √ᾱ·x₀ + √(1 − ᾱ)·ε
+    a_next = alpha_bar[np.maximum(timesteps - T // steps, 0)]  # DDIM steps down T // steps; ᾱ_0 after the last
+    after = np.sqrt(a_next)[:, None, None, None] * x0 + np.sqrt(1 - a_next)[:, None, None, None] * eps
+    np.testing.assert_allclose(after, np.concatenate([step.latents for step in run]), atol=1e-4)
+    final = pixels(pipe.decode(run[-1].latents))
+    distances = {
+        "x_t": [rms(pixels(pipe.decode(x[i : i + 1].astype(np.float32))), final) for i in range(steps)],
+        "x0": [rms(pixels(pipe.decode(x0[i : i + 1].astype(np.float32))), final) for i in range(steps)],
+    }
+    for name, values in distances.items():
+        np.testing.assert_allclose(facts["distances"][name], values, atol=2e-3)
+    assert all(c < s for c, s in zip(distances["x0"], distances["x_t"]))  # x̂₀ is always the closer picture
+    assert distances["x0"][-1] < 0.02  # the last x̂₀ is the final picture, but for √(1 − ᾱ_0)·ε̂
+    cosines = [float(np.sum(e * x_T) / np.linalg.norm(e) / np.linalg.norm(x_T)) for e in eps]
+    np.testing.assert_allclose(facts["noise_cosines"], cosines, atol=1e-5)
+    assert min(cosines) > 0.96 and cosines[0] == pytest.approx(1)  # ᾱ = 0 at t = 999: ε̂ is x_t itself
+
+
+def test_one_step_taken_apart_is_the_loops_step(chapter, pipe):
+    """The UNet without and with the text, asked here; guidance mixes them into the loop's own
+    prediction, and the chapter's scheduler step lands on the loop's next latents."""
+    facts = chapter("03_diffusion_steps")
+    one = facts["one_step"]
+    k = one["index"]
+    _, run = denoised(pipe, facts)
+    x_t = run[k - 1].latents  # DDIM: the UNet sees the latents themselves
+    for name, text in (("without", ""), ("with", facts["prompt"])):
+        vectors = pipe.text_encoder(pipe.tokenizer.encode(text))  # (1, 77, D)
+        np.testing.assert_allclose(one[name], pipe.unet(x_t, one["timestep"], vectors), rtol=1e-5, atol=1e-5)
+    without, with_text = np.asarray(one["without"]), np.asarray(one["with"])
+    guided = without + facts["guidance"] * (with_text - without)
+    np.testing.assert_allclose(guided, run[k].noise_pred, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(one["next_latents"], run[k].latents, rtol=1e-5, atol=1e-5)
+
+
+def test_the_loop_shown_is_the_source_of_pipeline_denoise(chapter):
+    facts = chapter("03_diffusion_steps")
+    lines, first = inspect.getsourcelines(Pipeline.denoise)
+    shown = facts["loop"]["source"]
+    assert textwrap.dedent("".join(lines[facts["loop"]["first_line"] - first :])).splitlines() == shown
+    assert shown[0].startswith("for ") and shown[-1].strip().startswith("yield Step(")
+    assert any("self.predict_noise(" in line for line in shown) and any("scheduler.step(" in line for line in shown)
 
 
 def alpha_bar_closed_form(schedule):
