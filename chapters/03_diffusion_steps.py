@@ -154,7 +154,7 @@ for index in range(count):
     top, middle, low = axes[3 * block : 3 * block + 3, column]
     top.imshow(seen[index])
     top.set_title(
-        tr("step {k}\nt = {t}\nᾱ = {a}", k=index + 1, t=timesteps[index], a=f"{alpha_bars[index]:.3f}"), fontsize=8
+        tr("step {k}\nt = {t}\nᾱ = {a:.3f}", k=index + 1, t=timesteps[index], a=alpha_bars[index]), fontsize=8
     )
     middle.imshow(clean[index])
     shown = low.imshow(noise[index], cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
@@ -175,9 +175,9 @@ strip.suptitle(
             ),
             tr("each column: $x_t$ = √ᾱ · x̂₀ + √(1 − ᾱ) · ε̂"),
             tr(
-                "the cosine of ε̂ with the random latents $x_T$ the loop started from: {low} to {high}",
-                low=f"{min(cosines):.3f}",
-                high=f"{max(cosines):.3f}",
+                "the cosine of ε̂ with the random latents $x_T$ the loop started from: {low:.3f} to {high:.3f}",
+                low=min(cosines),
+                high=max(cosines),
             ),
             sizes_line(),
         ]
@@ -224,8 +224,8 @@ split = {name: clean_and_noise(scheduler, index, count, sample, out) for name, o
 lines, first = inspect.getsourcelines(Pipeline.denoise)
 start = next(number for number, line in enumerate(lines) if line.lstrip().startswith("for "))
 loop = textwrap.dedent("".join(lines[start:])).splitlines()
-where = f"{Pipeline.__module__.replace('.', '/')}.py, lines {first + start}-{first + len(lines) - 1}"
-print(f"The denoising loop ({where}):\n" + "\n".join(loop))
+where = {"file": f"{Pipeline.__module__.replace('.', '/')}.py", "first": first + start, "last": first + len(lines) - 1}
+print("The denoising loop ({file}, lines {first}-{last}):".format(**where) + "\n" + "\n".join(loop))
 
 
 # %%
@@ -249,18 +249,23 @@ def show_code(ax):
         for call, note in notes.items():
             if call in line:
                 ax.text(0.62, y, note, fontsize=8, va="center", ha="left", color="tab:red")
-    ax.set_title(tr("The denoising loop that ran these steps, read from {where}", where=where), fontsize=9, loc="left")
+    ax.set_title(
+        tr("The denoising loop that ran these steps, read from {file}, lines {first}–{last}", **where),
+        fontsize=9,
+        loc="left",
+    )
 
 
 def prediction_note():
     """What the UNet outputs, and how the panels read ε̂ and x̂₀ from it."""
-    a = f"{alpha_bars[index]:.3f}"
+    a = alpha_bars[index]
     if scheduler.config.prediction_type == "v_prediction":
         return tr(
-            "the UNet predicts v,\nnot ε: ε̂ and x̂₀ are\nread from v at ᾱ = {a};\nguidance mixes v,\nthe same mix of ε̂",
+            "the UNet predicts v,\nnot ε: ε̂ and x̂₀ are\nread from v at ᾱ = {a:.3f};\n"
+            "guidance mixes v,\nthe same mix of ε̂",
             a=a,
         )
-    return tr("the UNet predicts ε̂;\nx̂₀ is read from it\nat ᾱ = {a}", a=a)
+    return tr("the UNet predicts ε̂;\nx̂₀ is read from it\nat ᾱ = {a:.3f}", a=a)
 
 
 shown_latents = (x_t, split["without"][1], split["with"][1], split["guided"][1], next_latents)

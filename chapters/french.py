@@ -41,6 +41,44 @@ FRENCH = {
     "de fin de texte des prompts\n(prompt / fond)",
     "cosine similarity": "similarité cosinus",
     # --- 03_diffusion_steps
+    "latents {latents} (SD 1.5: {sd_latents}), decoded to pictures {image} (SD 1.5: {sd_image})": "latents "
+    "{latents} (SD 1.5 : {sd_latents}), décodés en images {image} (SD 1.5 : {sd_image})",
+    "$x_t$: the latents\nthe UNet sees": "$x_t$ : les latents\nque voit le UNet",
+    "x̂₀: the clean\npicture it predicts": "x̂₀ : l'image propre\nqu'il prédit",
+    "ε̂: the predicted\nnoise, 4 channels": "ε̂ : le bruit\nprédit, 4 canaux",
+    "the final picture:\nthe latents after step {k}, decoded": "l'image finale :\nles latents après "
+    "l'étape {k}, décodés",
+    "denoising step": "étape de débruitage",
+    "RMS distance to\nthe final picture": "distance RMS à\nl'image finale",
+    "the UNet predicts ε̂;\nx̂₀ is read from it\nat ᾱ = {a:.3f}": "le UNet prédit ε̂ ;\nx̂₀ s'en déduit\nà ᾱ = {a:.3f}",
+    "latents or ε̂:\nthe 4 channels": "latents ou ε̂ :\nles 4 canaux",
+    "decoded: the latents,\nor the x̂₀ of a prediction": "décodé : les latents,\nou le x̂₀ d'une prédiction",
+    "step {k}\nt = {t}\nᾱ = {a:.3f}": "étape {k}\nt = {t}\nᾱ = {a:.3f}",
+    "$x_t$ (what the UNet sees), decoded": "$x_t$ (ce que voit le UNet), décodé",
+    "x̂₀ (the clean picture it predicts), decoded": "x̂₀ (l'image propre qu'il prédit), décodée",
+    "← panels 2–5: the UNet without and with the text, guidance (inside predict_noise)": "← panneaux 2–5 : le "
+    "UNet sans et avec le texte, le guidage (dans predict_noise)",
+    "← panel 6": "← panneau 6",
+    "The denoising loop that ran these steps, read from {file}, lines {first}–{last}": "La boucle de "
+    "débruitage qui a exécuté ces étapes, lue dans {file}, lignes {first}–{last}",
+    "the UNet predicts v,\nnot ε: ε̂ and x̂₀ are\nread from v at ᾱ = {a:.3f};\nguidance mixes v,\nthe same mix of ε̂": (
+        "le UNet prédit v,\npas ε : ε̂ et x̂₀ se\ndéduisent de v à ᾱ = {a:.3f} ;\nle guidage mélange v,\nle même "
+        "mélange pour ε̂"
+    ),
+    "1. $x_t$: the latents step {k}\nstarts from (t = {t})": "1. $x_t$ : les latents dont part\nl'étape {k} (t = {t})",
+    '2. UNet without text\n(empty prompt "")': "2. UNet sans texte\n(prompt vide « »)",
+    "3. UNet with the text": "3. UNet avec le texte",
+    "4. what the text adds: 3 − 2,\nmagnified ×{zoom}": "4. ce qu'ajoute le texte : 3 − 2,\nagrandi ×{zoom}",
+    "5. guidance:\n2 + g · (3 − 2), g = {g}": "5. guidage :\n2 + g · (3 − 2), g = {g}",
+    "6. {call} ({scheduler}):\nthe latents after step {k}": "6. {call} ({scheduler}) :\nles latents après l'étape {k}",
+    "value (latents and ε̂)": "valeur (latents et ε̂)",
+    "ε̂ value": "valeur de ε̂",
+    '"{prompt}": {count} steps of {scheduler}, guidance {g}, random latents of seed {seed}': "« {prompt} » : "
+    "{count} étapes de {scheduler}, guidage {g}, latents aléatoires de graine {seed}",
+    "each column: $x_t$ = √ᾱ · x̂₀ + √(1 − ᾱ) · ε̂": "chaque colonne : $x_t$ = √ᾱ · x̂₀ + √(1 − ᾱ) · ε̂",
+    "the cosine of ε̂ with the random latents $x_T$ the loop started from: {low:.3f} to {high:.3f}": "le cosinus de ε̂ "
+    "avec les latents aléatoires $x_T$ dont la boucle est partie : de {low:.3f} à {high:.3f}",
+    "One denoising step taken apart: step {k} of {count}": "Une étape de débruitage démontée : étape {k} sur {count}",
     # --- 04_training_examples
     # --- 05_latent_space
     "picture": "image",
