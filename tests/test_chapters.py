@@ -19,8 +19,10 @@ import pytest
 from PIL import Image
 
 import minisd
+from minisd.blocks import Attention, ResnetBlock2D
 from minisd.clip_image import load_clip
 from minisd.pipeline import Pipeline
+from minisd.unet import BasicTransformerBlock, Transformer2DModel
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "weights" / "training"))
@@ -37,7 +39,8 @@ FIGURES = {
     "05_latent_space": {"05_latent_space": (1300, 510), "05_speed": (1200, 400)},
     "06_clip_training": {"06_clip_similarity": (1300, 660)},
     "07_unet": {
-        "07_unet_layers": (1200, 600),
+        "07_unet_without_text": (1600, 1000),
+        "07_unet_with_text": (1600, 1000),
         "07_timestep_embedding": (1200, 450),
         "07_without_and_with_text": (540, 500),
         "07_cross_attention": (1510, 260),
@@ -306,23 +309,79 @@ def test_clip_scores_matching_pairs_highest_and_the_loss_is_cross_entropy(chapte
     assert np.diag(cosine).mean() > off_diagonal.mean() + 0.3
 
 
+def expected_skips(unet):
+    """{up-block ResNet: the output of the way down it concatenates}, from the config alone: the way
+    down keeps conv_in's output, then each ResNet block's (the attention block's after it, if any) and
+    each downsample's; the layers_per_block + 1 ResNet blocks of each up block take them back, last
+    kept first taken."""
+    levels, per_block = len(unet["block_out_channels"]), unet["layers_per_block"]
+    kept = ["conv_in"]
+    for level, kind in enumerate(unet["down_block_types"]):
+        inner = "attentions" if kind.startswith("CrossAttn") else "resnets"
+        kept += [f"down_blocks.{level}.{inner}.{i}" for i in range(per_block)]
+        kept += [f"down_blocks.{level}.downsamplers.0"] * (level < levels - 1)
+    taken = [f"up_blocks.{level}.resnets.{i}" for level in range(levels) for i in range(per_block + 1)]
+    return dict(zip(taken, reversed(kept)))
+
+
 def test_unet_layers_follow_the_config_and_skips_add_channels(chapter):
+    """The layers watched are those the config implies, and the skips read from the numbers are the
+    config's pairs, each kept output as wide as its level and adding its channels to the taker's input."""
     facts = chapter("07_unet")
     unet = config("unet/config.json")
-    blocks, per_block = len(unet["block_out_channels"]), unet["layers_per_block"]
-    layers = {key: (kind, inputs, outputs) for key, kind, inputs, outputs in facts["layers"]}
+    blocks, per_block, channels = len(unet["block_out_channels"]), unet["layers_per_block"], unet["block_out_channels"]
+    layers = {key: (kind, inputs, outputs) for key, kind, inputs, outputs, _ in facts["layers"]}
     kinds = [kind for kind, _, _ in layers.values()]
     assert kinds.count("ResNet") == blocks * per_block + 2 + blocks * (per_block + 1)  # down, mid, up
     attention_blocks = sum(t.startswith("CrossAttn") for t in unet["down_block_types"])
-    assert kinds.count("Attention") == attention_blocks * per_block + 1 + attention_blocks * (per_block + 1)
-    assert kinds.count("Downsample") == kinds.count("Upsample") == blocks - 1
+    assert kinds.count("attention") == attention_blocks * per_block + 1 + attention_blocks * (per_block + 1)
+    assert kinds.count("downsample") == kinds.count("upsample") == blocks - 1
     assert layers["conv_out"][2] == layers["conv_in"][1]  # noise out, shaped like the latents in
+    assert facts["skips"] == expected_skips(unet)
     keys = list(layers)
     for taken, kept in facts["skips"].items():  # an up ResNet's input = previous output + the skip, by channels
+        level = int(kept.split(".")[1]) if kept.startswith("down_blocks") else 0
+        assert layers[kept][2][1] == channels[level]
         previous = layers[keys[keys.index(taken) - 1]][2]
-        assert layers[taken][1][1] == previous[1] + layers[kept][2][1]
-    assert len(facts["skips"]) == blocks * (per_block + 1)
+        assert layers[taken][1][1] == previous[1] + channels[level]
     assert facts["attention_total"] == pytest.approx(1, abs=1e-4)  # each pixel's weights over 77 tokens sum to 1
+
+
+def test_every_resnet_reads_the_time_embedding_and_every_cross_attention_the_text(chapter, pipe):
+    """Counted here from the config and the modules: every ResNet block was handed the time embedding
+    and none the text; every cross-attention layer (attn2) was handed the text, and no self-attention
+    (attn1); the drawings' arrows go to exactly those ResNet and attention blocks."""
+    facts = chapter("07_unet")
+    unet = config("unet/config.json")
+    blocks, per_block = len(unet["block_out_channels"]), unet["layers_per_block"]
+    modules = dict(pipe.unet.named_modules())
+    resnets = {key for key, module in modules.items() if isinstance(module, ResnetBlock2D)}
+    assert len(resnets) == blocks * per_block + 2 + blocks * (per_block + 1)
+    down = sum(t.startswith("CrossAttn") for t in unet["down_block_types"])
+    up = sum(t.startswith("CrossAttn") for t in unet["up_block_types"])
+    cross = {key for key, module in modules.items() if isinstance(module, Attention) and key.endswith("attn2")}
+    assert len(cross) == (down * per_block + 1 + up * (per_block + 1)) * unet["transformer_layers_per_block"]
+    readers = {name: set(keys) for name, keys in facts["readers"].items()}
+    assert resnets <= readers["time embedding"] and not resnets & readers["text"]
+    assert {key for key in readers["text"] if isinstance(modules[key], Attention)} == cross
+    arrows = {name: {key for key, _, _, _, reads in facts["layers"] if name in reads} for name in readers}
+    assert arrows["time embedding"] == resnets
+    assert arrows["text"] == {key for key, module in modules.items() if isinstance(module, Transformer2DModel)}
+
+
+def test_unet_figures_show_minisd_code_and_count_sd15(chapter):
+    """The code shown is minisd's own; SD 1.5's blocks are counted as diffusers builds them from its
+    config: 4 levels of 2 ResNet blocks down and 3 up, 2 in the middle; attention after each but at
+    the deepest level (CrossAttnDownBlock2D × 3, DownBlock2D) and one in the middle."""
+    facts = chapter("07_unet")
+    shown = (ResnetBlock2D.__call__, BasicTransformerBlock.__call__, Attention.__call__)
+    assert facts["sources"] == {f.__qualname__: textwrap.dedent(inspect.getsource(f)) for f in shown}
+    assert facts["counts"]["SD 1.5"] == {
+        "ResNet blocks": 4 * 2 + 2 + 4 * 3,
+        "skip connections": 4 * 3,
+        "attention blocks": 3 * 2 + 1 + 3 * 3,
+        "cross-attention layers": 3 * 2 + 1 + 3 * 3,
+    }
 
 
 def test_guidance_moves_the_picture_and_is_the_guidance_formula(chapter, pipe):
