@@ -104,7 +104,7 @@ ax.text(
 )
 arrow(ax, 0.125, 0.175, tr("token ids") + "\n" + tr.literal(common.shape(shapes["token ids"][1:])))
 box(ax, 0.175, 0.155, tr("Text encoder"), tr("CLIP text transformer\n{ms:.0f} ms", ms=times["text encoder"] * 1000))
-arrow(ax, 0.33, 0.42, tensor(tr("token embeddings"), "token embeddings"))
+arrow(ax, 0.33, 0.42, tensor(tr("token\nembeddings"), "token embeddings"))
 box(
     ax,
     0.42,

@@ -276,15 +276,18 @@ def draw_shapes(ax, with_text):
     levels = itertools.zip_longest(ours["levels"], theirs["levels"], fillvalue=())  # SD 1.5 may have more
     rows = [(tr("latents, predicted noise"), ours["latents"], theirs["latents"])]
     rows += [(tr("level {n}", n=n), a, b) for n, (a, b) in enumerate(levels, 1)]
-    names = ["time embedding"] + (["token embeddings"] if with_text else [])
-    rows += [(tr(name), ours[name], theirs[name]) for name in names]
+    rows.append((tr("time embedding"), ours["time embedding"], theirs["time embedding"]))
+    if with_text:
+        rows.append((tr("token embeddings"), ours["token embeddings"], theirs["token embeddings"]))
     cells = [[label, common.shape(a) or "–", common.shape(b) or "–"] for label, a, b in rows]
     draw_table(ax, tr("Shapes: this model and SD 1.5"), cells)
 
 
 def draw_counts(ax, with_text):
-    rows = ["ResNet blocks", "skip connections"] + (["attention blocks", "cross-attention layers"] if with_text else [])
-    cells = [[tr(row), *(str(counts[name][row]) for name in unets)] for row in rows]
+    labels = {"ResNet blocks": tr("ResNet blocks"), "skip connections": tr("skip connections")}
+    if with_text:
+        labels |= {"attention blocks": tr("attention blocks"), "cross-attention layers": tr("cross-attention layers")}
+    cells = [[label, *(str(counts[name][row]) for name in unets)] for row, label in labels.items()]
     draw_table(ax, tr("Blocks, counted from the modules"), cells)
 
 
@@ -358,13 +361,13 @@ shown = left.imshow(
     extent=(-0.5, binned.shape[1] - 0.5, 1000, 0),
 )
 left.set_xlabel(tr("dimension (0 … {last}: cosines, then sines)", last=embedding.shape[1] // 2 - 1))
-left.set_ylabel(tr("timestep t (rows: 8 steps averaged)"))
+left.set_ylabel(tr("timestep t (rows: 8 timesteps averaged)"))
 left.set_title(tr("Sinusoidal time embedding, before the UNet's MLP"))
 fig.colorbar(shown, ax=left, label=tr("embedding value"))
 half = embedding.shape[1] // 2
 for dimension in (half // 4, 3 * half // 8, half // 2, 3 * half // 4):  # cosine i turns at 10000^(-i/half) rad per step
     period = 2 * np.pi * 10000 ** (dimension / half)
-    label = tr("dimension {dimension}: period {period:.0f} steps", dimension=dimension, period=period)
+    label = tr("dimension {dimension}: period {period:.0f} timesteps", dimension=dimension, period=period)
     right.plot(timesteps, embedding[:, dimension], label=label)
 right.set_xlabel(tr("timestep t"))
 right.set_ylabel(tr("value"))

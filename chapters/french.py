@@ -18,7 +18,7 @@ FRENCH = {
     "token ids": "identifiants\ndes jetons",
     "Text encoder": "Encodeur de texte",
     "CLIP text transformer\n{ms:.0f} ms": "transformer de texte de CLIP\n{ms:.0f} ms",
-    "token embeddings": "plongements\ndes jetons",
+    "token embeddings": "plongements des jetons",
     "Image information creator": "Créateur d'informations d'image",
     "UNet + scheduler, {steps} steps\n{s:.2f} s": "UNet + ordonnanceur, {steps} étapes\n{s:.2f} s",
     "latents after step 1": "latents après l'étape 1",
@@ -108,6 +108,56 @@ FRENCH = {
     "vitesse : le même UNet sur les latents et sur les pixels de l'image (3 canaux en entrée et en sortie)",
     # --- 06_clip_training
     # --- 07_unet
+    'Cross-attention: where each token of "{prompt}" is looked at ({calls} UNet calls, all their layers '
+    "averaged; one scale for every map)": "Attention croisée : où chaque jeton de « {prompt} » est regardé "
+    "({calls} appels du UNet, toutes leurs couches moyennées ; une seule échelle pour toutes les cartes)",
+    "ResNet": "ResNet",
+    "Attn": "Attn",
+    "down": "desc.",
+    "up": "mont.",
+    "conv": "conv",
+    "dimension (0 … {last}: cosines, then sines)": "composante (0 … {last} : cosinus, puis sinus)",
+    "timestep t (rows: 8 timesteps averaged)": "pas de temps t (lignes : 8 pas de temps moyennés)",
+    "Sinusoidal time embedding, before the UNet's MLP": "Plongement sinusoïdal du pas de temps, avant le MLP du UNet",
+    "dimension {dimension}: period {period:.0f} timesteps": "composante {dimension} : période de {period:.0f} "
+    "pas de temps",
+    "level {n}": "niveau {n}",
+    "timestep t": "pas de temps t",
+    "Four of the cosines\n(fast ones tell near timesteps apart, slow ones far ones)": "Quatre des cosinus\n(les "
+    "rapides séparent les pas de temps proches, les lents les lointains)",
+    "without text\n(empty prompt)": "sans texte\n(prompt vide)",
+    "with text": "avec texte",
+    "The same starting noise, denoised without and with the text": "Le même bruit de départ, débruité sans puis "
+    "avec le texte",
+    "time embedding\n(t = {t})": "plongement temporel\n(t = {t})",
+    "token\nembeddings": "plongements\ndes jetons",
+    "time embedding": "plongement temporel",
+    "Shapes: this model and SD 1.5": "Formes : ce modèle et SD 1.5",
+    "ResNet blocks": "blocs ResNet",
+    "skip connections": "connexions de saut",
+    "attention blocks": "blocs d'attention",
+    "cross-attention layers": "attentions croisées",
+    "Blocks, counted from the modules": "Blocs, comptés dans les modules",
+    "The UNet with text ({model}, one call watched): the data flows left to right": "Le UNet avec texte ({model}, "
+    "un appel observé) : les données vont de gauche à droite",
+    "The UNet without text ({model}, one call watched): the data flows left to right": "Le UNet sans texte "
+    "({model}, un appel observé) : les données vont de gauche à droite",
+    "embedding value": "valeur du plongement",
+    "seed {seed}": "graine {seed}",
+    "<end> + padding": "<fin> + remplissage",
+    "attention weight\n(one log scale)": "poids d'attention\n(une échelle log)",
+    "predicted\nnoise": "bruit\nprédit",
+    "latents, predicted noise": "latents, bruit prédit",
+    "ResNet block": "bloc ResNet",
+    "down: stride-2 convolution; up: nearest ×2, convolution": "desc. : convolution de pas 2 ; mont. : plus "
+    "proche voisin ×2, convolution",
+    "skip connection: concatenated to the layer's input": "connexion de saut : concaténée à l'entrée de la couche",
+    "time embedding, handed to every ResNet block": "plongement temporel, donné à chaque bloc ResNet",
+    "{share:.0%} of attention": "{share:.0%} de l'attention",
+    "Attn: attention block (self-, then cross-attention)": "Attn : bloc d'attention (auto-attention, puis "
+    "attention croisée)",
+    "token embeddings, handed to every attention block, to no ResNet block": "plongements des jetons, donnés à "
+    "chaque bloc d'attention, à aucun bloc ResNet",
     # --- 08_guidance
     "guidance {scale}": "guidage {scale}",
     "negative prompt:\n(none)": "prompt négatif :\n(aucun)",
