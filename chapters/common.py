@@ -114,6 +114,20 @@ def load_model(args):
     return pipe
 
 
+def training_script():
+    """weights/training/train.py, the script that trained the embedded model, as a module: chapters
+    call its own functions to show how training made its examples. It needs PyTorch, diffusers and
+    transformers (the `reference` extra)."""
+    try:
+        import train
+    except ImportError as error:
+        raise SystemExit(
+            f"this part of the chapter runs weights/training/train.py's own code, which needs {error.name or error}: "
+            "pip install -e '.[reference]'"
+        ) from error
+    return train
+
+
 def host(pipe, array):
     """A backend array (NumPy or CuPy) as a NumPy float32 array, for printing and plotting."""
     return pipe.backend.to_host(array).astype(np.float32)

@@ -71,18 +71,23 @@ class CLIPModel(Module):
 
 
 def load_clip(folder, backend=None):
-    """The CLIPModel in `folder`/clip/model.safetensors; its sizes are read from the weights' shapes."""
+    """The CLIPModel in `folder`/clip/model.safetensors."""
     path = Path(folder) / "clip" / "model.safetensors"
     if not path.is_file():
         raise WeightsError(
             f"{folder} has no clip/model.safetensors: Stable Diffusion checkpoints keep only CLIP's text "
             "encoder; the embedded model (minisd.weights.default_model_folder()) ships the image tower too"
         )
-    tensors = read_safetensors(path)
+    return clip_from_tensors(read_safetensors(path), path, backend or Backend())
+
+
+def clip_from_tensors(tensors, source, backend):
+    """A CLIPModel from {key: array} in clip/model.safetensors' keys (`source` names them in errors);
+    its sizes are read from the shapes."""
     convs = sorted(int(m[1]) for key in tensors if (m := re.fullmatch(r"image_tower\.convs\.(\d+)\.weight", key)))
     channels = [tensors["image_tower.convs.0.weight"].shape[1]]
     channels += [tensors[f"image_tower.convs.{i}.weight"].shape[0] for i in convs]  # out channels of each conv
     width, text_width = tensors["text_projection.weight"].shape
     model = CLIPModel(channels, width, text_width)
-    load_module(model, tensors, path, backend or Backend())
+    load_module(model, tensors, source, backend)
     return model

@@ -149,12 +149,19 @@ def find_weights_file(component_folder, stem, prefer_fp16=False):
 
 def load_component(folder, name, backend):
     """Build one component (text_encoder, unet, vae) from its config.json and weights."""
-    model_class, config_class, stem, renames, ignored = COMPONENTS[name]
+    _, config_class, stem, _, _ = COMPONENTS[name]
     component_folder = Path(folder) / name
     config = config_class.from_dict(read_json(component_folder / "config.json"), component_folder / "config.json")
-    model = model_class(config)
     path = find_weights_file(component_folder, stem, prefer_fp16=backend.dtype == numpy.float16)
-    load_module(model, read_safetensors(path), path, backend, renames, ignored)
+    return component_from_tensors(name, config, read_safetensors(path), path, backend)
+
+
+def component_from_tensors(name, config, tensors, source, backend):
+    """Build one component from its checked config and {key: array} as its checkpoints spell the
+    keys (e.g. a PyTorch module's state_dict); `source` names the tensors in errors."""
+    model_class, _, _, renames, ignored = COMPONENTS[name]
+    model = model_class(config)
+    load_module(model, tensors, source, backend, renames, ignored)
     return model
 
 

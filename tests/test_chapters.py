@@ -2,6 +2,7 @@
 writes its figures (right size, not blank), and teaches facts that hold. A chapter writes the
 numbers it computed to a JSON file beside its figures; every fact is checked here against a
 closed form or this test's own computation with minisd and NumPy, not taken from the JSON alone.
+Chapters 4 and 6 run weights/training/train.py's own code, so they need the reference extra.
 """
 
 import inspect
@@ -35,9 +36,13 @@ FIGURES = {
     "01_components": {"01_components": (1200, 360)},
     "02_text_encoder": {"02_tokens": (1200, 450), "02_similarity": (800, 650)},
     "03_diffusion_steps": {"03_diffusion_steps": (1200, 720), "03_one_step": (1200, 800)},
-    "04_training_examples": {"04_training_examples": (1200, 1250), "04_noise_prediction_error": (1200, 420)},
+    "04_training_examples": {
+        "04_training_examples": (1200, 1250),
+        "04_noise_prediction_error": (1200, 420),
+        "04_training_batch": (1200, 1250),
+    },
     "05_latent_space": {"05_latent_space": (1300, 510), "05_speed": (1200, 400)},
-    "06_clip_training": {"06_clip_similarity": (1300, 660)},
+    "06_clip_training": {"06_clip_similarity": (1300, 1350)},
     "07_unet": {
         "07_unet_without_text": (1600, 1000),
         "07_unet_with_text": (1600, 1000),
@@ -54,6 +59,7 @@ FIGURES = {
         "11_negative_direction": (1300, 380),
     },
 }
+NEEDS_TRAIN_PY = {"04_training_examples", "06_clip_training"}  # they import weights/training/train.py (torch)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +99,9 @@ def pixels(image):
     return np.asarray(image.convert("RGB"), np.float64) / 255
 
 
-@pytest.mark.parametrize("name", FIGURES)
+@pytest.mark.parametrize(
+    "name", [pytest.param(name, marks=[pytest.mark.reference] if name in NEEDS_TRAIN_PY else []) for name in FIGURES]
+)
 def test_chapter_draws_its_figures(chapter, name):
     chapter(name)
     for figure, size in FIGURES[name].items():
@@ -224,6 +232,7 @@ def alpha_bar_closed_form(schedule):
     return alpha_bar
 
 
+@pytest.mark.reference
 def test_noise_grows_with_the_level_and_the_predictor_finds_it(chapter, pipe):
     facts = chapter("04_training_examples")
     schedule = config("scheduler/scheduler_config.json")
@@ -251,6 +260,31 @@ def test_noise_grows_with_the_level_and_the_predictor_finds_it(chapter, pipe):
         return np.mean((predicted - noise) ** 2)
 
     assert error(900) < error(100)
+
+
+@pytest.mark.reference
+def test_training_batch_is_drawn_as_described_and_its_loss_is_the_v_prediction_loss(chapter, pipe):
+    """The batch train.py's unet_batch made: each x0 is its picture's latents drawn from the
+    autoencoder's posterior (the picture redrawn and encoded here), each caption the picture's full
+    or short caption or the empty one, and the loss the mean squared error between the UNet's
+    output and v = sqrt(ᾱ)·ε − sqrt(1 − ᾱ)·x0, on x_t = sqrt(ᾱ)·x0 + sqrt(1 − ᾱ)·ε, all computed here."""
+    batch = chapter("04_training_examples")["batch"]
+    picks, captions, t = batch["picks"], batch["captions"], np.asarray(batch["t"])
+    x0, noise = np.asarray(batch["x0"], np.float64), np.asarray(batch["noise"], np.float64)
+    labels = [COMBINATIONS[pick] for pick in picks]  # make_dataset(per_combination=1): one picture each, in order
+    assert all(text in ("", caption(*label[:2]), caption(*label)) for text, label in zip(captions, labels))
+    rng = np.random.default_rng(0)  # make_dataset's generator: the pictures, redrawn
+    pictures = [Image.fromarray(draw(*combination, rng)) for combination in COMBINATIONS]
+    mean, logvar = (np.concatenate(parts) for parts in zip(*(pipe.encode_image(pictures[pick]) for pick in picks)))
+    z = (x0 / pipe.vae.config.scaling_factor - mean) / np.exp(logvar / 2)  # N(0, 1) if x0 is a posterior draw
+    assert abs(z.mean()) < 0.05 and abs(z.std() - 1) < 0.05
+    a = alpha_bar_closed_form(config("scheduler/scheduler_config.json"))[t].reshape(-1, 1, 1, 1)
+    noisy = np.sqrt(a) * x0 + np.sqrt(1 - a) * noise
+    v = np.sqrt(a) * noise - np.sqrt(1 - a) * x0
+    output = pipe.unet(noisy.astype(np.float32), t, pipe.text_encoder(pipe.tokenizer.encode(captions)))
+    losses = ((output - v) ** 2).mean(axis=(1, 2, 3))
+    np.testing.assert_allclose(batch["example_losses"], losses, rtol=1e-4)
+    assert batch["loss"] == pytest.approx(losses.mean(), rel=1e-4)
 
 
 def test_latents_are_48_times_smaller_and_decode_faithfully(chapter, pipe):
@@ -282,18 +316,20 @@ def test_latent_speedup_law_is_exact_and_counts_the_unet(chapter, pipe):
         assert entry["pixel_flops"] / entry["latent_flops"] > (entry["sides"][1] / entry["sides"][0]) ** 2
 
 
+def clip_cross_entropy(logits):
+    """−log softmax at the diagonal, by logsumexp, averaged over the rows."""
+    return np.mean([np.logaddexp.reduce(row) - row[i] for i, row in enumerate(logits)])
+
+
+@pytest.mark.reference
 def test_clip_scores_matching_pairs_highest_and_the_loss_is_cross_entropy(chapter, pipe):
     facts = chapter("06_clip_training")
-    similarity = np.asarray(facts["similarity"], np.float64)
-    logits = facts["scale"] * similarity
-    count = len(similarity)
-
-    def cross_entropy(rows):  # −log softmax at the diagonal, by logsumexp
-        return np.mean([np.logaddexp.reduce(row) - row[i] for i, row in enumerate(rows)])
-
-    assert facts["loss_image_to_text"] == pytest.approx(cross_entropy(logits), abs=1e-5)
-    assert facts["loss_text_to_image"] == pytest.approx(cross_entropy(logits.T), abs=1e-5)
-    assert facts["loss_image_to_text"] < math.log(count)  # better than chance
+    count = len(facts["captions"])
+    for stage in ("before", "after"):
+        logits = facts[f"scale_{stage}"] * np.asarray(facts[f"similarity_{stage}"], np.float64)
+        assert facts[f"picture_to_caption_{stage}"] == pytest.approx(clip_cross_entropy(logits), abs=1e-5)
+        assert facts[f"caption_to_picture_{stage}"] == pytest.approx(clip_cross_entropy(logits.T), abs=1e-5)
+    assert facts["picture_to_caption_after"] < math.log(count)  # better than chance
     # fresh pictures drawn here: each matches its own caption better than the others, on average
     clip = load_clip(FOLDER)
     rng = np.random.default_rng(12)
@@ -322,6 +358,37 @@ def expected_skips(unet):
         kept += [f"down_blocks.{level}.downsamplers.0"] * (level < levels - 1)
     taken = [f"up_blocks.{level}.resnets.{i}" for level in range(levels) for i in range(per_block + 1)]
     return dict(zip(taken, reversed(kept)))
+
+
+@pytest.mark.reference
+def test_clip_before_training_is_train_py_s_seeded_towers_and_training_pulls_pairs_together(chapter, pipe):
+    """The untrained similarity, computed here in PyTorch by train.py's own modules (initial_clip,
+    pooled): nothing on the diagonal stands out and the loss is about chance; trained, the
+    matching pairs' cosines are far higher."""
+    import torch
+    import torch.nn.functional as F
+
+    from train import initial_clip, pooled
+
+    facts = chapter("06_clip_training")
+    text_encoder, image_tower, text_projection, logit_scale = initial_clip()
+    pictures = [draw(*c, np.random.default_rng(seed), 64) for c, seed in zip(facts["combinations"], facts["seeds"])]
+    batch = torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2).float() / 127.5 - 1  # (N, 3, 64, 64)
+    ids = torch.from_numpy(pipe.tokenizer.encode(facts["captions"]))
+    with torch.no_grad():
+        images = F.normalize(image_tower(batch), dim=-1)
+        texts = F.normalize(text_projection(pooled(text_encoder.eval(), ids)), dim=-1)
+    before = np.asarray(facts["similarity_before"])
+    np.testing.assert_allclose(before, (images @ texts.T).numpy(), atol=1e-5)
+    assert facts["scale_before"] == pytest.approx(float(logit_scale.detach().exp()), rel=1e-6)  # 1/0.07
+    negatives = ~np.eye(len(before), dtype=bool)
+    assert abs(np.diag(before).mean() - before[negatives].mean()) < 0.05  # the pairs do not stand out yet
+    chance = math.log(len(before))
+    for loss in (facts["picture_to_caption_before"], facts["caption_to_picture_before"]):
+        assert loss == pytest.approx(chance, rel=0.1)
+    after = np.asarray(facts["similarity_after"])
+    assert np.diag(after).mean() > np.diag(before).mean() + 0.5
+    assert np.diag(after).mean() > after[negatives].mean() + 0.5
 
 
 def test_unet_layers_follow_the_config_and_skips_add_channels(chapter):

@@ -116,12 +116,12 @@ def log(stage, message):
 # ---------------------------------------------------------------- data
 
 
-def make_dataset(seed=0):
-    """All 54 combinations, IMAGES_PER_COMBINATION pictures each: images (N, 3, 64, 64) in [-1, 1]."""
+def make_dataset(seed=0, per_combination=IMAGES_PER_COMBINATION):
+    """All 54 combinations, `per_combination` pictures each: images (N, 3, 64, 64) in [-1, 1]."""
     rng = np.random.default_rng(seed)
     labels, images = [], []
     for combination in COMBINATIONS:
-        for _ in range(IMAGES_PER_COMBINATION):
+        for _ in range(per_combination):
             labels.append(combination)
             images.append(draw(*combination, rng))
     pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -253,12 +253,27 @@ def pooled(text_encoder, ids):
     return hidden[torch.arange(len(ids)), ids.argmax(dim=-1)]  # EOS has the highest id
 
 
-def train_clip(run, labels, pixels, tokenizer):
+def initial_clip():
+    """CLIP as training starts it (seeded random weights): text encoder, image tower, text
+    projection, and the learnable log-temperature (logits = exp(logit_scale) · cosine, 1/0.07 at first)."""
     torch.manual_seed(3)
     text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
     image_tower = ImageTower()
     text_projection = torch.nn.Linear(TEXT_CONFIG["hidden_size"], 64, bias=False)
     logit_scale = torch.nn.Parameter(torch.tensor(np.log(1 / 0.07), dtype=torch.float32))
+    return text_encoder, image_tower, text_projection, logit_scale
+
+
+def clip_tensors(image_tower, text_projection, logit_scale):
+    """CLIP's contrastive head as clip/model.safetensors keys it (minisd.clip_image reads them)."""
+    tensors = {f"image_tower.{k}": v for k, v in image_tower.state_dict().items()}
+    tensors["text_projection.weight"] = text_projection.weight.detach()
+    tensors["logit_scale"] = logit_scale.detach().reshape(1)
+    return tensors
+
+
+def train_clip(run, labels, pixels, tokenizer):
+    text_encoder, image_tower, text_projection, logit_scale = initial_clip()
     combinations = run.combinations
     captions = [caption(*combination) for combination in combinations]
     ids = torch.from_numpy(tokenizer.encode(captions))
@@ -305,17 +320,54 @@ class _ScaleHolder(torch.nn.Module):
 # ---------------------------------------------------------------- 3. the UNet
 
 
+@dataclass
+class UNetBatch:
+    """One batch of UNet training examples (B = UNET_BATCH), as `unet_batch` draws it."""
+
+    picks: torch.Tensor  # (B,) which pictures of the dataset
+    x0: torch.Tensor  # (B, 4, h, w) their latents, sampled from the autoencoder's posterior, scaled
+    rows: list  # (B,) each picture's caption, as a row of caption_table(): full, short or empty
+    t: torch.Tensor  # (B,) timesteps, uniform in 0 … 999
+    noise: torch.Tensor  # (B, 4, h, w) ε ~ N(0, 1)
+    noisy: torch.Tensor  # (B, 4, h, w) x_t = sqrt(ᾱ_t)·x0 + sqrt(1 − ᾱ_t)·ε: what the UNet sees
+    v_target: torch.Tensor  # (B, 4, h, w) v = sqrt(ᾱ_t)·ε − sqrt(1 − ᾱ_t)·x0: what it must output
+
+
+def noise_schedule():
+    """ᾱ_t of the training schedule (SCHEDULER), (1000,) float32: x_t's share of picture is sqrt(ᾱ_t)."""
+    return DDIMScheduler.from_config(SCHEDULER).alphas_cumprod
+
+
+def caption_row(table, label, form):
+    """The caption a picture of `label` is shown with, by a uniform draw `form`: the row of
+    `table` (caption_table) of the empty caption below 0.1, the short one below 0.4, else the full one."""
+    if form < 0.1:
+        return table.index("")
+    return table.index(caption(*label[:2]) if form < 0.4 else caption(*label))
+
+
+def unet_batch(latents, latent_std, labels, table, alphas_cumprod, scaling_factor, generator):
+    """Draw one batch of UNet training examples from the encoded pictures (posterior means and
+    standard deviations, unscaled) and their labels, in the order training draws them."""
+    picks = torch.randint(len(latents), (UNET_BATCH,), generator=generator)
+    x0 = (latents[picks] + latent_std[picks] * torch.randn(latents[picks].shape, generator=generator)) * scaling_factor
+    form = torch.rand(UNET_BATCH, generator=generator)  # 10% empty, 30% short, 60% full captions
+    rows = [caption_row(table, labels[i], f) for f, i in zip(form.tolist(), picks.tolist())]
+    t = torch.randint(0, 1000, (UNET_BATCH,), generator=generator)
+    noise = torch.randn(x0.shape, generator=generator)
+    a = alphas_cumprod[t].view(-1, 1, 1, 1)  # (B,) -> (B, 1, 1, 1)
+    noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    v_target = a.sqrt() * noise - (1 - a).sqrt() * x0
+    return UNetBatch(picks, x0, rows, t, noise, noisy, v_target)
+
+
 def train_unet(run, labels, latents, latent_std, text_encoder, tokenizer, scaling_factor):
     torch.manual_seed(5)
     unet = UNet2DConditionModel(**UNET_CONFIG)
-    scheduler = DDIMScheduler.from_config(SCHEDULER)
-    alphas_cumprod = scheduler.alphas_cumprod
+    alphas_cumprod = noise_schedule()
     table = caption_table(run.combinations)
     with torch.no_grad():  # the captions are few: embed them once
         embeddings = text_encoder(torch.from_numpy(tokenizer.encode(table))).last_hidden_state
-    full_index = {c: table.index(caption(*c)) for c in run.combinations}
-    short_index = {c: table.index(caption(c[0], c[1])) for c in run.combinations}
-    empty = len(table) - 1
     ema = UNet2DConditionModel(**UNET_CONFIG)
     ema.load_state_dict(unet.state_dict())
     ema.requires_grad_(False)
@@ -323,20 +375,9 @@ def train_unet(run, labels, latents, latent_std, text_encoder, tokenizer, scalin
     order = torch.Generator().manual_seed(6)
 
     def loss_fn(step):
-        picks = torch.randint(len(latents), (UNET_BATCH,), generator=order)
-        x0 = (latents[picks] + latent_std[picks] * torch.randn(latents[picks].shape, generator=order)) * scaling_factor
-        form = torch.rand(UNET_BATCH, generator=order)  # 10% empty, 30% short, 60% full captions
-        rows = [
-            empty if f < 0.1 else short_index[labels[i]] if f < 0.4 else full_index[labels[i]]
-            for f, i in zip(form.tolist(), picks.tolist())
-        ]
-        t = torch.randint(0, 1000, (UNET_BATCH,), generator=order)
-        noise = torch.randn(x0.shape, generator=order)
-        a = alphas_cumprod[t].view(-1, 1, 1, 1)
-        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        v_target = a.sqrt() * noise - (1 - a).sqrt() * x0
-        prediction = unet(noisy, t, embeddings[rows]).sample
-        return F.mse_loss(prediction, v_target)
+        batch = unet_batch(latents, latent_std, labels, table, alphas_cumprod, scaling_factor, order)
+        prediction = unet(batch.noisy, batch.t, embeddings[batch.rows]).sample  # the predicted v
+        return F.mse_loss(prediction, batch.v_target)
 
     def loss_with_ema(step):
         """The loss, after folding the current weights into the running average (EMA)."""
@@ -379,10 +420,8 @@ def save(output, vae, text_encoder, unet, image_tower, text_projection, logit_sc
     (output / "minisd.json").write_text(json.dumps({"defaults": DEFAULTS}, indent=2))
     clip = output / "clip"  # the contrastive half of CLIP, for the chapter on how CLIP is trained
     clip.mkdir(exist_ok=True)
-    tensors = {f"image_tower.{k}": v.half() for k, v in image_tower.state_dict().items()}
-    tensors["text_projection.weight"] = text_projection.weight.detach().half()
-    tensors["logit_scale"] = logit_scale.detach().reshape(1).half()
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(clip / "model.safetensors"))
+    tensors = clip_tensors(image_tower, text_projection, logit_scale)
+    save_file({k: v.half().contiguous() for k, v in tensors.items()}, str(clip / "model.safetensors"))
     (clip / "config.json").write_text(
         json.dumps(
             {
