@@ -92,7 +92,7 @@ print(np.round(similarity, 2))
 fig, ax = plt.subplots(figsize=(8, 6.5), layout="constrained")
 image = ax.imshow(similarity, cmap="viridis", vmin=min(0, similarity.min()), vmax=1)
 for (i, j), value in np.ndenumerate(similarity):
-    ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.7 else "black")
+    ax.text(j, i, tr.number(value, ".2f"), ha="center", va="center", color="white" if value < 0.7 else "black")
 short = [tr.literal(p.replace(" background", "").replace(" on a", " /")) for p in prompts]
 ax.set_xticks(range(len(prompts)), short, rotation=30, ha="right")
 ax.set_yticks(range(len(prompts)), short)

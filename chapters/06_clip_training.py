@@ -146,7 +146,7 @@ def draw_matrix(ax, values, colours, limits):
     shown = ax.imshow(values, cmap=colours, vmin=limits[0], vmax=limits[1])
     for (i, j), value in np.ndenumerate(values):
         dark = abs(value) > 0.6 if limits[0] < 0 else value > 0.5
-        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8, color="white" if dark else "black")
+        ax.text(j, i, tr.number(value, ".2f"), ha="center", va="center", fontsize=8, color="white" if dark else "black")
     for i, image in enumerate(images):
         ax.imshow(common.pixels(image), extent=(-1.45, -0.55, i + 0.45, i - 0.45))
     ax.set_xlim(-1.5, len(captions) - 0.5)

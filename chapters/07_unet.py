@@ -412,7 +412,8 @@ norm = LogNorm(vmin=min(float(heat.min()) for heat in heats), vmax=max(float(hea
 fig, axes = plt.subplots(1, len(tokens) + 1, figsize=(1.45 * (len(tokens) + 1) + 0.6, 2.6), layout="constrained")
 axes[0].imshow(final)
 axes[0].set_title(tr("picture"), fontsize=9)
-names = [tr.literal(token) for token in tokens[:-1]] + [tr("<end> + padding")]  # token pieces are what the model reads
+words = [tr.literal(token) for token in tokens[1:-1]]  # the prompt's pieces are what the model reads
+names = [tr("<start>"), *words, tr("<end> + padding")]
 for ax, heat, name in zip(axes[1:], heats, names):
     ax.imshow(final, alpha=0.35)
     image = ax.imshow(

@@ -99,7 +99,7 @@ rows = [
     (tr("added inputs"), tr("none"), tr("pooled 1280 + 6 time ids")),
     (tr("latents"), *(f"4 × {p['unet']['sample_size']} × {p['unet']['sample_size']}" for p in models.values())),
     (tr("pixels"), *(f"3 × {p['image_size']} × {p['image_size']}" for p in models.values())),
-    (tr("VAE scaling"), "0.18215", str(SDXL["vae"]["scaling_factor"])),
+    (tr("VAE scaling"), tr.number(0.18215, "g"), tr.number(SDXL["vae"]["scaling_factor"], "g")),
 ]
 table.axis("off")
 cells = table.table(
@@ -109,7 +109,7 @@ cells = table.table(
     loc="center",
 )
 cells.auto_set_font_size(False)
-cells.set_fontsize(9)
+cells.set_fontsize(8.5)
 cells.scale(1, 1.8)
 table.set_title(tr("What the UNet reads and writes"))
 fig.suptitle(tr("SD 1.5 and SDXL base 1.0, counted from their configurations"), fontsize=12)

@@ -80,6 +80,54 @@ FRENCH = {
     "avec les latents aléatoires $x_T$ dont la boucle est partie : de {low:.3f} à {high:.3f}",
     "One denoising step taken apart: step {k} of {count}": "Une étape de débruitage démontée : étape {k} sur {count}",
     # --- 04_training_examples
+    "picture + noise\n(pixels, {ours};\nSD 1.5: {sd15})": "image + bruit\n(pixels, {ours} ;\nSD 1.5 : {sd15})",
+    "latents + noise\n(what the UNet sees)": "latents + bruit\n(ce que voit le UNet)",
+    "noise to find\n(the truth)": "bruit à trouver\n(la vérité)",
+    "noise the UNet\npredicts": "bruit que le UNet\nprédit",
+    "prediction error\n(predicted − truth)": "erreur de prédiction\n(prédit − vérité)",
+    "training timestep t": "pas de temps d'entraînement t",
+    "weight in x_t": "poids dans x_t",
+    "The noise schedule": "Le calendrier du bruit",
+    "training timestep t (how much noise was added)": "pas de temps d'entraînement t (la quantité de bruit ajoutée)",
+    "mean squared error of the predicted noise (log scale)": "erreur quadratique moyenne\n"
+    "du bruit prédit (échelle log)",
+    "The trained noise predictor's error ({n} pictures per point)": "L'erreur du prédicteur de bruit entraîné "
+    "({n} images par point)",
+    "the picture:\nx₀ decoded": "l'image :\nx₀ décodé",
+    "noise ε": "bruit ε",
+    "noisy latents\nx_t = √ᾱ·x₀ + √(1 − ᾱ)·ε\n(the UNet's input)": "latents bruités\nx_t = √ᾱ·x₀ + √(1 − ᾱ)·ε\n"
+    "(l'entrée du UNet)",
+    "target\nv = √ᾱ·ε − √(1 − ᾱ)·x₀": "cible\nv = √ᾱ·ε − √(1 − ᾱ)·x₀",
+    "the trained UNet's\noutput v̂": "la sortie v̂\ndu UNet entraîné",
+    "full caption:": "légende complète :",
+    "short caption:": "légende courte :",
+    "empty caption:": "légende vide :",
+    "full caption ({n})": "légende complète ({n})",
+    "short caption ({n})": "légende courte ({n})",
+    "empty caption ({n})": "légende vide ({n})",
+    "the example's timestep t": "le pas de temps t de l'exemple",
+    "its loss: mean of (v̂ − v)²": "sa perte : moyenne de (v̂ − v)²",
+    "All {n} examples of the batch: what one training step averages": "Les {n} exemples du lot : ce que moyenne "
+    "une étape d'entraînement",
+    "and the noise the trained UNet finds in them (latents {ours}, SD 1.5: {sd15}; the 4 channels tiled 2 × 2)": (
+        "et le bruit qu'y trouve le UNet entraîné (latents {ours}, SD 1.5 : {sd15} ; les 4 canaux en mosaïque 2 × 2)"
+    ),
+    "sqrt(ᾱ_t): how much picture is left": "sqrt(ᾱ_t) : ce qui reste de l'image",
+    "sqrt(1 − ᾱ_t): how much noise is mixed in": "sqrt(1 − ᾱ_t) : la part de bruit mélangée",
+    "levels 0 … 4": "niveaux 0 … 4",
+    "exactly 0 at the last level\n(pure noise: nothing to guess)": "exactement 0 au dernier niveau\n(bruit pur : "
+    "rien à deviner)",
+    "loss {loss:.3f}": "perte {loss:.3f}",
+    "{count} of its {n} examples; latents {ours} (SD 1.5: {sd15}), the 4 channels tiled 2 × 2": "{count} de ses "
+    "{n} exemples ; latents {ours} (SD 1.5 : {sd15}), les 4 canaux en mosaïque 2 × 2",
+    "the batch's loss (the mean): {loss:.4f}": "la perte du lot (la moyenne) : {loss:.4f}",
+    "sqrt(ᾱ) = {picture:.2f}, noise × {noise:.2f}": "sqrt(ᾱ) = {picture:.2f}, bruit × {noise:.2f}",
+    'Training examples from one picture ("{caption}") at noise levels 0 … 4,': "Exemples d'entraînement tirés "
+    "d'une image (« {caption} ») aux niveaux de bruit 0 … 4,",
+    "One training batch, made by {function} in {script}, which {caller} calls at every step": "Un lot "
+    "d'entraînement, fait par {function} dans {script}, que {caller} appelle à chaque étape",
+    "level {level}: t = {t}": "niveau {level} : t = {t}",
+    "t = {t}, √ᾱ = {root:.2f}": "t = {t}, √ᾱ = {root:.2f}",
     # --- 05_latent_space
     "picture": "image",
     "latent channel {c}": "canal latent {c}",
@@ -107,6 +155,25 @@ FRENCH = {
     "The speed boost: the same UNet on latents and on the picture's pixels (3 channels in and out)": "Le gain de "
     "vitesse : le même UNet sur les latents et sur les pixels de l'image (3 canaux en entrée et en sortie)",
     # --- 06_clip_training
+    "before training: the seeded random towers of {function}": "avant l'entraînement : les tours aléatoires "
+    "(graine fixée) de {function}",
+    "after training: the embedded model's towers ({module})": "après l'entraînement : les tours du modèle "
+    "embarqué ({module})",
+    "cosine similarity (both panels)": "similarité cosinus (les deux panneaux)",
+    "P(caption | picture) (both panels)": "P(légende | image) (les deux panneaux)",
+    "picture → image tower → {width} numbers; caption → {ours} token embeddings (SD 1.5: {sd15}) → the end "
+    "token's vector → {width} numbers": "image → tour d'images → {width} nombres ; légende → plongements des "
+    "jetons {ours} (SD 1.5 : {sd15}) → le vecteur du jeton de fin → {width} nombres",
+    "cosine similarity: picture (row) × caption (column)": "similarité cosinus : image (ligne) × légende (colonne)",
+    "loss picture → caption {forward:.3f}, caption → picture {backward:.3f}": "perte image → légende "
+    "{forward:.3f}, légende → image {backward:.3f}",
+    "P(caption | picture): softmax of each row × {scale:.1f}": "P(légende | image) : softmax de chaque ligne × "
+    "{scale:.1f}",
+    "training pulls the matching pairs (the diagonal) together and pushes the negatives apart; a blind guess has "
+    "loss ln {n} = {chance:.2f}": "l'entraînement rapproche les paires assorties (la diagonale) et éloigne les "
+    "négatifs ; deviner au hasard donne une perte de ln {n} = {chance:.2f}",
+    "How CLIP is trained: the same {n} pictures and captions before and after contrastive training": "Comment "
+    "CLIP est entraîné : les mêmes {n} images et légendes avant et après l'entraînement contrastif",
     # --- 07_unet
     'Cross-attention: where each token of "{prompt}" is looked at ({calls} UNet calls, all their layers '
     "averaged; one scale for every map)": "Attention croisée : où chaque jeton de « {prompt} » est regardé "
@@ -123,8 +190,8 @@ FRENCH = {
     "pas de temps",
     "level {n}": "niveau {n}",
     "timestep t": "pas de temps t",
-    "Four of the cosines\n(fast ones tell near timesteps apart, slow ones far ones)": "Quatre des cosinus\n(les "
-    "rapides séparent les pas de temps proches, les lents les lointains)",
+    "Four of the cosines\n(fast ones tell near timesteps apart, slow ones far ones)": "Quatre des cosinus (les rapides "
+    "séparent\nles pas de temps proches, les lents les lointains)",
     "without text\n(empty prompt)": "sans texte\n(prompt vide)",
     "with text": "avec texte",
     "The same starting noise, denoised without and with the text": "Le même bruit de départ, débruité sans puis "
@@ -174,20 +241,20 @@ FRENCH = {
     'Input: "{source}"; prompt: "{prompt}"': "Entrée : « {source} » ; prompt : « {prompt} »",
     "strength": "force",
     "RMS distance from the input": "distance RMS à l'entrée",
-    "Higher strength, further from the input": "Plus la force est grande, plus on s'éloigne de l'entrée",
+    "Higher strength, further from the input": "Plus de force, plus loin de l'entrée",
     # --- 10_sdxl
     "text\nencoder": "encodeur\nde texte",
     "text\nencoder 2": "encodeur\nde texte 2",
     "parameters (millions)": "paramètres (millions)",
     "Parameters per component": "Paramètres par composant",
     "level {i}": "niveau {i}",
-    "transformer layers after each ResNet": "couches de transformer après chaque ResNet",
+    "transformer layers after each ResNet": "couches de transformer\naprès chaque ResNet",
     "Attention moves to the small latents\n(0: no attention; SDXL has 3 levels)": "L'attention passe aux petits "
     "latents\n(0 : pas d'attention ; SDXL a 3 niveaux)",
     "text vectors": "vecteurs du texte",
     "added inputs": "entrées ajoutées",
     "none": "aucune",
-    "pooled 1280 + 6 time ids": "vecteur résumé 1280 + 6 time ids",
+    "pooled 1280 + 6 time ids": "résumé 1280 + 6 time ids",
     "pixels": "pixels",
     "VAE scaling": "facteur d'échelle du VAE",
     "What the UNet reads and writes": "Ce que le UNet lit et écrit",
