@@ -86,6 +86,17 @@ def predicted_noise(noisy, t, text):
 
 predictions = [predicted_noise(noisy, t, text) for noisy, t in zip(noisy_latents, levels)]
 
+
+# %%
+def label_rows(axes, rows, fontsize):
+    """A grid of pictures: each row's label on its left, no ticks anywhere."""
+    for ax, label in zip(axes[:, 0], rows):
+        ax.set_ylabel(label, fontsize=fontsize)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+
 # %%
 # Figure 1: the training examples, the noise the UNet must find in them, and what it finds
 fig, axes = plt.subplots(5, len(levels), figsize=(12, 12.5), layout="constrained")
@@ -115,11 +126,7 @@ for column, t in enumerate(levels):
     latent_panels = [noisy_latents[column], latent_noise, predictions[column], predictions[column] - latent_noise]
     for row, panel in enumerate(latent_panels, start=1):
         shown = axes[row, column].imshow(common.channel_mosaic(panel[0]), cmap="RdBu_r", vmin=-3, vmax=3)
-for ax, label in zip(axes[:, 0], rows):
-    ax.set_ylabel(label, fontsize=10)
-for ax in axes.flat:
-    ax.set_xticks([])
-    ax.set_yticks([])
+label_rows(axes, rows, fontsize=10)
 fig.colorbar(shown, ax=axes[1:, -1], shrink=0.5, label=tr("latent value"))
 fig.suptitle(
     tr('Training examples from one picture ("{caption}") at noise levels 0 … 4,', caption=caption)
@@ -261,11 +268,7 @@ for column, i in enumerate(displayed):
     for row, panel in enumerate((noise, noisy, v_target, v_predicted), start=1):
         latent_image = axes[row, column].imshow(common.channel_mosaic(panel[i]), cmap="RdBu_r", vmin=-3, vmax=3)
     axes[-1, column].set_xlabel(tr("loss {loss:.3f}", loss=squared_errors[i]), fontsize=9)
-for ax, label in zip(axes[:, 0], rows):
-    ax.set_ylabel(label, fontsize=9)
-for ax in axes.flat:
-    ax.set_xticks([])
-    ax.set_yticks([])
+label_rows(axes, rows, fontsize=9)
 top.colorbar(latent_image, ax=axes[1:, -1], shrink=0.6, label=tr("latent value"))
 top.suptitle(
     tr(

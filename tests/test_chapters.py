@@ -124,6 +124,25 @@ def test_components_pass_the_shapes_the_configs_imply(chapter):
     assert all(seconds > 0 for seconds in facts["seconds"].values())
 
 
+def test_sizes_side_by_side_are_the_configs_and_the_articles_numbers(pipe):
+    """common.sizes: the embedded model's from its configs, SD 1.5's the article's published numbers
+    (77 token vectors of 768, latents 4×64×64, a 3×512×512 picture)."""
+    sys.path.insert(0, str(ROOT / "chapters"))
+    import common
+
+    factor = 2 ** (len(config("vae/config.json")["block_out_channels"]) - 1)
+    side = config("minisd.json")["defaults"]["height"]
+    assert common.sizes(pipe) == {
+        pipe.name: {
+            "token embeddings": (77, config("text_encoder/config.json")["hidden_size"]),
+            "latents": (config("vae/config.json")["latent_channels"], side // factor, side // factor),
+            "image": (3, side, side),
+        },
+        "SD 1.5": {"token embeddings": (77, 768), "latents": (4, 64, 64), "image": (3, 512, 512)},
+    }
+    assert common.shape((4, 64, 64)) == "4×64×64"
+
+
 def test_text_encoder_pieces_spell_the_prompt_and_similarities_are_cosines(chapter, pipe):
     facts = chapter("02_text_encoder")
     pieces, ids = facts["pieces"], facts["ids"]

@@ -25,6 +25,7 @@ CHAPTERS = ROOT / "chapters"
 sys.path.insert(0, str(CHAPTERS))
 import common  # noqa: E402
 from french import FRENCH  # noqa: E402
+from words import Words  # noqa: E402
 
 GUIDE = (CHAPTERS / "README.fr.md").read_text()
 
@@ -122,7 +123,7 @@ def test_each_figure_exists_in_both_languages_and_each_guide_shows_its_own():
 
 
 def test_words_translate_fill_in_french_numbers_and_refuse_the_unknown():
-    english, french = common.Words("en"), common.Words("fr")
+    english, french = Words("en"), Words("fr")
     assert english("guidance {scale}", scale=7.5) == "guidance 7.5"
     assert french("guidance {scale}", scale=7.5) == "guidage 7,5"  # the decimal comma
     assert french.number(1090231.0, ",.0f") == "1\u202f090\u202f231"  # thin spaces between thousands
@@ -131,7 +132,7 @@ def test_words_translate_fill_in_french_numbers_and_refuse_the_unknown():
 
 
 def test_save_figure_refuses_words_that_bypass_tr(tmp_path):
-    args = Namespace(out=tmp_path, tr=common.Words("en"))
+    args = Namespace(out=tmp_path, tr=Words("en"))
     fig, ax = plt.subplots()
     ax.set_title(args.tr("guidance {scale}", scale=3))
     ax.set_xlabel("forgotten words")
