@@ -10,6 +10,7 @@ import itertools
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -122,6 +123,38 @@ def test_components_pass_the_shapes_the_configs_imply(chapter):
     assert shapes["latents"] == [1, config("unet/config.json")["in_channels"], height // factor, width // factor]
     assert shapes["image"] == [1, 3, height, width]
     assert all(seconds > 0 for seconds in facts["seconds"].values())
+
+
+# The headings of "The Illustrated Stable Diffusion" (Jay Alammar, 2022), in its order
+ARTICLE_SECTIONS = [
+    "The components of Stable Diffusion",
+    "What is diffusion anyway?",
+    "How does diffusion work?",
+    "Speed boost: diffusion on compressed (latent) data instead of the pixel image",
+    "The text encoder: a transformer language model",
+    "How CLIP is trained",
+    "Feeding text information into the image generation process",
+    "Layers of the UNet noise predictor (without text)",
+    "Layers of the UNet noise predictor with text",
+]
+
+
+def test_every_article_section_has_a_chapter_figure_in_the_guide():
+    """chapters/README.md's table: every section of the article, each with the chapter and the
+    figures that compute it; every chapter and every committed figure appears, and every link resolves."""
+    guide = (ROOT / "chapters" / "README.md").read_text()
+    table = guide.split("| article section | chapter | figures |", 1)[1].split("\n\n", 1)[0]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.strip().splitlines()[1:]]
+    sections = [row[0] for row in rows]
+    for heading in ARTICLE_SECTIONS:
+        assert any(heading.lower() in section.lower() for section in sections), heading
+    for section, chapters, figures in rows:
+        assert re.findall(r"\(figures/[^)]+\.png\)", figures), f"{section}: no figure"
+        for target in re.findall(r"\]\(([^)]+)\)", chapters + figures):
+            assert (ROOT / "chapters" / target).is_file(), target
+    linked = set(re.findall(r"\(figures/([^/)]+\.png)\)", table))
+    assert linked == {path.name for path in (ROOT / "chapters" / "figures").glob("*.png")}
+    assert set(re.findall(r"\(([0-9]{2}_\w+\.py)\)", table)) == {f"{name}.py" for name in FIGURES}
 
 
 def test_sizes_side_by_side_are_the_configs_and_the_articles_numbers(pipe):
