@@ -46,9 +46,9 @@ if not (Path(folder) / "clip" / "model.safetensors").is_file():
         f"{folder} has no CLIP image tower (Stable Diffusion keeps only the text encoder): "
         "this chapter uses the embedded model, which ships both"
     )
-    args.weights = minisd.default_model_folder()
+    folder = args.weights = minisd.default_model_folder()
 pipe = common.load_model(args)
-clip = load_clip(args.weights or minisd.default_model_folder(), pipe.backend)
+clip = load_clip(folder, pipe.backend)
 sizes = common.sizes(pipe)
 print("a caption's token embeddings:", {name: common.shape(s["token embeddings"]) for name, s in sizes.items()})
 
